@@ -1,0 +1,179 @@
+"""The pmapped train and eval steps (no TensorFlow here: runs where TF is absent).
+
+As in Haiku's ImageNet example: a `TrainState` NamedTuple replicated over the local
+devices, one `train_step` pmapped over them with gradients, metrics and BatchNorm
+statistics averaged by `lax.pmean` (the seed's CrossReplicaBatchNorm), and optax momentum
+SGD on the Poisson loss. Under `jax.distributed` the same pmapped step spans the devices
+of every process.
+"""
+
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jmp
+import numpy as np
+import optax
+
+from enformer_small import enformer
+from enformer_small.config import EnformerConfig
+from enformer_small.model import make_model
+
+AXIS_NAME = 'devices'
+# Keras' Poisson loss adds this inside the log.
+POISSON_EPSILON = 1e-7
+
+Batch = Dict[str, jnp.ndarray]
+Metrics = Dict[str, jnp.ndarray]
+
+
+class TrainState(NamedTuple):
+  params: hk.Params
+  state: hk.State            # BatchNorm moving averages
+  opt_state: optax.OptState
+  rng: jax.Array             # one key, identical on every device
+  step: jnp.ndarray          # int32 scalar
+
+
+def poisson_loss(predictions: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+  """Keras' Poisson loss: mean(pred - y * log(pred + 1e-7))."""
+  return jnp.mean(predictions - targets * jnp.log(predictions + POISSON_EPSILON))
+
+
+def make_optimizer(learning_rate: float = 0.01,
+                   momentum: float = 0.9) -> optax.GradientTransformation:
+  """The seed's optimizer: SGD with momentum, no weight decay or clipping."""
+  return optax.sgd(learning_rate, momentum=momentum)
+
+
+def init_train_state(model_config: EnformerConfig,
+                     optimizer: optax.GradientTransformation,
+                     rng: jax.Array) -> TrainState:
+  """An unreplicated TrainState with fresh parameters."""
+  init_rng, train_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, model_config.input_length, 4), jnp.float32)
+  params, state = make_model(model_config).init(init_rng, dummy, is_training=True)
+  return TrainState(params=params, state=state, opt_state=optimizer.init(params),
+                    rng=train_rng, step=jnp.zeros((), jnp.int32))
+
+
+def set_compute_dtype(compute_dtype: Any) -> None:
+  """Mixed precision for GPU/TPU: float32 params, `compute_dtype` activations.
+
+  BatchNorm and LayerNorm keep float32 (their statistics lose too much in bfloat16).
+  Haiku's policies are global, keyed by module class.
+  """
+  compute = jnp.dtype(compute_dtype)
+  if compute == jnp.float32:
+    hk.mixed_precision.clear_policy(enformer.Enformer)
+    return
+  policy = jmp.Policy(param_dtype=jnp.float32, compute_dtype=compute,
+                      output_dtype=jnp.float32)
+  full = jmp.get_policy('float32')
+  hk.mixed_precision.set_policy(enformer.Enformer, policy)
+  hk.mixed_precision.set_policy(hk.BatchNorm, full)
+  hk.mixed_precision.set_policy(hk.LayerNorm, full)
+
+
+def _regression_metrics(predictions, targets, loss):
+  err = predictions - targets
+  return {'loss': loss, 'mse': jnp.mean(err**2), 'mae': jnp.mean(jnp.abs(err))}
+
+
+def make_train_step(model_config: EnformerConfig,
+                    optimizer: optax.GradientTransformation,
+                    *,
+                    head: str = 'yeast',
+                    axis_name: str = AXIS_NAME,
+                    compute_dtype: Any = jnp.float32,
+                    donate: bool = True) -> Callable[[TrainState, Batch],
+                                                     Tuple[TrainState, Metrics]]:
+  """A pmapped `train_step(train_state, batch) -> (train_state, metrics)`.
+
+  batch: {'inputs': [D, B, L, 4] one-hot (any dtype), 'targets': [D, B, 1]} with D the
+  local device count; train_state replicated (`replicate`). Metrics are averaged over
+  all devices and are replicated on return.
+  """
+  set_compute_dtype(compute_dtype)
+  model = make_model(model_config, cross_replica_axis=axis_name)
+
+  def loss_fn(params, state, rng, inputs, targets):
+    outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
+    predictions = outputs[head].astype(jnp.float32)
+    loss = poisson_loss(predictions, targets)
+    return loss, (new_state, predictions)
+
+  def train_step(train_state: TrainState, batch: Batch):
+    rng, step_rng = jax.random.split(train_state.rng)
+    # Each device draws its own dropout masks; the carried key stays identical.
+    step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+    inputs = batch['inputs'].astype(compute_dtype)
+    targets = batch['targets'].astype(jnp.float32)
+    grads, (new_state, predictions) = jax.grad(loss_fn, has_aux=True)(
+        train_state.params, train_state.state, step_rng, inputs, targets)
+    grads = jax.lax.pmean(grads, axis_name)
+    updates, opt_state = optimizer.update(grads, train_state.opt_state,
+                                          train_state.params)
+    params = optax.apply_updates(train_state.params, updates)
+    loss = poisson_loss(predictions, targets)
+    metrics = jax.lax.pmean(_regression_metrics(predictions, targets, loss),
+                            axis_name)
+    new_train_state = TrainState(params=params, state=new_state, opt_state=opt_state,
+                                 rng=rng, step=train_state.step + 1)
+    return new_train_state, metrics
+
+  return jax.pmap(train_step, axis_name=axis_name,
+                  donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model_config: EnformerConfig,
+                   *,
+                   head: str = 'yeast',
+                   axis_name: str = AXIS_NAME,
+                   compute_dtype: Any = jnp.float32
+                   ) -> Callable[[hk.Params, hk.State, jnp.ndarray], jnp.ndarray]:
+  """A pmapped `eval_step(params, state, inputs [D, B, L, 4]) -> predictions [D, B]`.
+
+  Eval mode: BatchNorm uses its moving averages, dropout is off.
+  """
+  set_compute_dtype(compute_dtype)
+  model = make_model(model_config)
+
+  def eval_step(params, state, inputs):
+    outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
+                             is_training=False)
+    return outputs[head].astype(jnp.float32)[..., 0]
+
+  return jax.pmap(eval_step, axis_name=axis_name)
+
+
+def local_mesh_sharding() -> jax.sharding.NamedSharding:
+  """Shards a leading axis of size local_device_count over this process's devices."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS_NAME,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
+
+
+def replicate(tree: Any) -> Any:
+  """Copies a pytree onto every local device: leaves gain a leading device axis.
+
+  (`jax.device_put_replicated` is gone in jax 0.10; a NamedSharding does the job.)
+  """
+  n = jax.local_device_count()
+  sharding = local_mesh_sharding()
+  return jax.tree_util.tree_map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+                               sharding), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy of a replicated pytree, as numpy arrays on the host."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[0]
+                                if hasattr(x, 'addressable_data') else np.asarray(x)[0],
+                                tree)
+
+
+def shard_batch(batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+  """Places a host batch [D, B, ...] on the local devices, one slice per device."""
+  sharding = local_mesh_sharding()
+  return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch)
