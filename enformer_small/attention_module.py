@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enformer_small.dropout import dropout
+
 
 class MultiheadAttention(hk.Module):
   """Multi-head attention with optional relative positions (Enformer's variant)."""
@@ -97,7 +99,7 @@ class MultiheadAttention(hk.Module):
           symmetric=self._relative_position_symmetric).astype(inputs.dtype)
       # [1, 2T-1, Cr]
       if is_training and self._positional_dropout_rate:
-        positional_encodings = hk.dropout(
+        positional_encodings = dropout(
             hk.next_rng_key(), self._positional_dropout_rate, positional_encodings)
       r_k = self._multihead_output(self._r_k_layer, positional_encodings)
       # [1, H, 2T-1, K]
@@ -110,7 +112,7 @@ class MultiheadAttention(hk.Module):
 
     weights = jax.nn.softmax(logits)
     if is_training and self._attention_dropout_rate:
-      weights = hk.dropout(hk.next_rng_key(), self._attention_dropout_rate, weights)
+      weights = dropout(hk.next_rng_key(), self._attention_dropout_rate, weights)
 
     output = jnp.einsum('bhij,bhjv->bhiv', weights, v)  # [B, H, T, V]
     output = jnp.swapaxes(output, -3, -2)  # [B, T, H, V]

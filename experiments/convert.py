@@ -1,0 +1,86 @@
+r"""Converts a checkpoint of the seed's TF/Sonnet Enformer into this project's format.
+
+  python -m experiments.convert \
+      --checkpoint ../shared/fixtures/seed_sonnet_85bp/checkpoint/ckpt \
+      --output /tmp/seed_85bp.npz
+  python -m experiments.convert --checkpoint saved_model_dir --output out.npz \
+      --input_length 110
+
+--checkpoint takes a `tf.train.Checkpoint(module=model)` prefix or its directory, or a
+`tf.saved_model.save` directory (or its variables/ or variables/variables). Only the
+head's size depends on --input_length; a checkpoint of another length is refused with
+the lengths it fits. Bad input ends with a one-line `error: ...` and exit status 1.
+"""
+
+import dataclasses
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from experiments import _runtime
+
+from enformer_small import checkpoint
+from enformer_small import config as config_lib
+from enformer_small import convert
+from enformer_small import model
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'TF checkpoint prefix/directory or SavedModel directory.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the converted checkpoint.')
+_INPUT_LENGTH = flags.DEFINE_integer(
+    'input_length', None,
+    'Input length in bp (sizes the flattened head); default: the preset\'s '
+    '(85 for seed, 196,608 for original).')
+_PRESET = flags.DEFINE_enum('preset', 'seed', ['seed', 'original'],
+                            'seed: the DREAM 2022 seed; original: DeepMind\'s Enformer.')
+
+
+def model_config() -> config_lib.EnformerConfig:
+  if _PRESET.value == 'seed':
+    return config_lib.seed_config(
+        85 if _INPUT_LENGTH.value is None else _INPUT_LENGTH.value)
+  config = config_lib.original_config()
+  if _INPUT_LENGTH.value is not None:
+    config = dataclasses.replace(config, input_length=_INPUT_LENGTH.value)
+  return config
+
+
+def one_line(message: str) -> str:
+  """A multi-line error (a heading, then indented items) on one line."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return ' '.join(line if line.endswith(':') or i + 1 == len(lines) else line + ';'
+                  for i, line in enumerate(lines))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _CHECKPOINT.value or not _OUTPUT.value:
+    sys.exit('error: --checkpoint and --output are required')
+  try:
+    config = model_config()
+    params, state = convert.convert_checkpoint(_CHECKPOINT.value, config)
+    checkpoint.save_checkpoint(
+        _OUTPUT.value, params=params, state=state, model_config=config,
+        extra={'converted_from': os.path.abspath(_CHECKPOINT.value)})
+  except (convert.ConversionError, checkpoint.CheckpointError, OSError) as e:
+    sys.exit(f'error: {one_line(str(e))}')
+
+  num_bn = sum(1 for module in state if module.endswith('/mean_ema'))
+  counters = sorted({int(v['counter']) for v in state.values()})
+  tokens = convert.output_tokens(config, config.input_length)
+  print(f'converted {_CHECKPOINT.value} ({_PRESET.value} preset)')
+  print(f'  input length      {config.input_length} bp -> {tokens} tokens')
+  print(f'  parameters        {model.count_params(params):,} in {len(params)} modules')
+  print(f'  BatchNorm layers  {num_bn} (moving-average updates: '
+        f'{", ".join(map(str, counters))})')
+  print('  heads             ' + ', '.join(
+      f'{name} [{n}]' for name, n in config.heads))
+  print(f'wrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  _runtime.reexec_with_jemalloc()
+  app.run(main)
