@@ -28,7 +28,8 @@ def init(config: EnformerConfig, rng: jax.Array, batch_size: int = 1
          ) -> Tuple[hk.Params, hk.State]:
   """Fresh parameters and BatchNorm state for inputs [batch_size, input_length, 4]."""
   dummy = jnp.zeros((batch_size, config.input_length, 4), jnp.float32)
-  return make_model(config).init(rng, dummy, is_training=True)
+  # Jitted: op-by-op initialisation of the ~70 modules takes tens of seconds on CPU.
+  return jax.jit(lambda rng: make_model(config).init(rng, dummy, is_training=True))(rng)
 
 
 def param_shapes(config: EnformerConfig) -> Tuple[hk.Params, hk.State]:

@@ -1,0 +1,388 @@
+"""Checkpoints: one `.npz` file per checkpoint, written atomically, read without pickle.
+
+Format (`FORMAT`), an uncompressed NumPy `.npz` (a zip of `.npy` members):
+
+  params/<i>      one array per Haiku parameter (i = 0, 1, ... in sorted order)
+  state/<i>       one array per BatchNorm state entry
+  opt_state/<i>   one array per optax state leaf (flattened in `jax.tree_util` order)
+  rng             uint32 key data of the training RNG (optional)
+  __metadata__    uint8 bytes of a UTF-8 JSON object:
+                    format, model_config (the `EnformerConfig` fields), epoch, step,
+                    metrics (a list of per-epoch dicts), extra (e.g. the training flags),
+                    names: {"params": [[module, name], ...], "state": [...],
+                            "opt_state": [jax keystr path, ...]}
+
+Array members are numbered and their Haiku (module, name) or optax paths live in the
+metadata, so no separator can clash with a module name. Everything loads with
+`np.load(allow_pickle=False)`: a checkpoint cannot run code. The optimizer state comes
+back as its leaves; pass `opt_state_template` (e.g. `optimizer.init(params)`) to
+`load_checkpoint` to get the optax pytree back, each leaf checked against the template's
+path and shape (and cast to its dtype).
+
+Writing: to a temporary file in the destination directory, flushed and fsynced, then
+`os.replace`d onto the final name (and the directory fsynced), so a reader sees either the
+old checkpoint or the new one, never a partial file, even if the writer is killed.
+
+Reading: anything wrong with the file (missing, truncated, corrupt zip or CRC, missing
+members, metadata of another format) raises `CheckpointError` naming the file.
+
+A run directory holds `checkpoint_epoch_NNNN.npz` (the last few epochs) and
+`checkpoint_best.npz`; `latest_checkpoint` finds the newest epoch checkpoint.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import zipfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from enformer_small.config import EnformerConfig
+
+FORMAT = 'enformer_small-checkpoint-v1'
+METADATA_KEY = '__metadata__'
+EPOCH_PATTERN = re.compile(r'^checkpoint_epoch_(\d+)\.npz$')
+BEST_NAME = 'checkpoint_best.npz'
+
+# The seed's input window: X[:, 15:100] of the 110 bp encoding.
+SEED_CROP_START = 15
+SEED_INPUT_LENGTH = 85
+ENCODED_LENGTH = 110
+
+
+class CheckpointError(Exception):
+  """A checkpoint that cannot be read or written; the message names the file."""
+
+
+def default_crop_start(input_length: int, encoded_length: int = ENCODED_LENGTH) -> int:
+  """Where a model of `input_length` reads the 110 bp encoding when nothing says.
+
+  The seed cut X[:, 15:100]: of the 25 positions it left out, 15 (3/5) lie at the 5' end
+  and 10 (2/5) at the 3' end. Other lengths keep that 3:2 split:
+  start = (110 - L) * 3 // 5, so 85 -> 15 (the seed's window), 110 -> 0 (the whole
+  encoding), 100 -> 6, 90 -> 12. Checkpoints written by training record the start they
+  used in `extra['crop_start']`, which takes precedence (`Checkpoint.crop_start`).
+  """
+  if not 0 < input_length <= encoded_length:
+    raise ValueError(f'input_length must lie in 1..{encoded_length}, got {input_length}')
+  return (encoded_length - input_length) * 3 // 5
+
+
+def model_config_to_dict(config: EnformerConfig) -> Dict[str, Any]:
+  """JSON-ready fields of an EnformerConfig (tuples become lists)."""
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def model_config_from_dict(fields: Mapping[str, Any]) -> EnformerConfig:
+  """Inverse of `model_config_to_dict`; unknown fields are an error."""
+  known = {f.name for f in dataclasses.fields(EnformerConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'unknown EnformerConfig fields {unknown}')
+  fields = dict(fields)
+  if 'heads' in fields:
+    fields['heads'] = tuple((str(name), int(n)) for name, n in fields['heads'])
+  return EnformerConfig(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """What a checkpoint holds (arrays as numpy, on the host).
+
+  Attributes:
+    path: the file it was read from.
+    params, state: Haiku parameters and BatchNorm state, {module: {name: array}}.
+    model_config: the model the parameters belong to.
+    opt_state: the optax state (a pytree when a template was given to
+      `load_checkpoint`, else the list of its leaves), or None if not saved.
+    rng: uint32 key data of the training RNG, or None.
+    epoch: completed epochs; step: completed train steps.
+    metrics: per-epoch metric dicts so far.
+    extra: anything else the writer recorded (training flags, crop_start, ...).
+  """
+  path: str
+  params: Dict[str, Dict[str, np.ndarray]]
+  state: Dict[str, Dict[str, np.ndarray]]
+  model_config: EnformerConfig
+  opt_state: Any = None
+  rng: Optional[np.ndarray] = None
+  epoch: int = 0
+  step: int = 0
+  metrics: Tuple[Dict[str, Any], ...] = ()
+  extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def crop_start(self) -> int:
+    """First position of the model's window in the 110 bp encoding."""
+    if 'crop_start' in self.extra:
+      return int(self.extra['crop_start'])
+    return default_crop_start(self.model_config.input_length)
+
+
+# ---------------------------------------------------------------------------
+# Flattening.
+
+
+def _flatten_haiku(tree: Mapping[str, Mapping[str, Any]], prefix: str
+                   ) -> Tuple[Dict[str, np.ndarray], List[List[str]]]:
+  arrays, names = {}, []
+  for module in sorted(tree):
+    for name in sorted(tree[module]):
+      arrays[f'{prefix}/{len(names)}'] = np.asarray(tree[module][name])
+      names.append([module, name])
+  return arrays, names
+
+
+def _unflatten_haiku(arrays: Mapping[str, np.ndarray], names: Sequence[Sequence[str]],
+                     prefix: str) -> Dict[str, Dict[str, np.ndarray]]:
+  tree: Dict[str, Dict[str, np.ndarray]] = {}
+  for i, (module, name) in enumerate(names):
+    tree.setdefault(module, {})[name] = arrays[f'{prefix}/{i}']
+  return tree
+
+
+def _flatten_opt_state(opt_state: Any) -> Tuple[Dict[str, np.ndarray], List[str]]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(opt_state)
+  arrays, names = {}, []
+  for i, (path, leaf) in enumerate(leaves):
+    arrays[f'opt_state/{i}'] = np.asarray(leaf)
+    names.append(jax.tree_util.keystr(path))
+  return arrays, names
+
+
+def _restore_opt_state(path: str, leaves: Sequence[np.ndarray], names: Sequence[str],
+                       template: Any) -> Any:
+  """Puts saved leaves into the structure of `template`, checking each one."""
+  template_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  template_names = [jax.tree_util.keystr(p) for p, _ in template_leaves]
+  if template_names != list(names):
+    missing = sorted(set(template_names) - set(names))
+    unexpected = sorted(set(names) - set(template_names))
+    raise CheckpointError(
+        f'{path}: optimizer state does not match the optimizer: missing '
+        f'{missing[:5]}, unexpected {unexpected[:5]} (was it written with another '
+        'optimizer?)')
+  restored = []
+  for name, saved, (_, like) in zip(names, leaves, template_leaves):
+    # `like` may be an array or a jax.ShapeDtypeStruct (from jax.eval_shape).
+    shape, dtype = tuple(np.shape(like)), np.dtype(like.dtype)
+    if saved.shape != shape:
+      raise CheckpointError(f'{path}: optimizer state {name} has shape {saved.shape}, '
+                            f'the optimizer expects {shape}')
+    restored.append(saved.astype(dtype, copy=False))
+  return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def _to_host(tree: Any) -> Any:
+  """Device arrays -> numpy (fetches once, in parallel)."""
+  return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def _rng_data(rng: Any) -> np.ndarray:
+  if rng is None:
+    return None
+  if hasattr(rng, 'dtype') and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  return np.asarray(jax.device_get(rng))
+
+
+# ---------------------------------------------------------------------------
+# Writing.
+
+
+def _fsync_directory(directory: str) -> None:
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return  # Not every platform can open directories.
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def atomic_write(path: str, write) -> None:
+  """Calls `write(file)` on a temporary file beside `path`, then moves it onto `path`.
+
+  The temporary file is fsynced before `os.replace`, so after a crash `path` holds
+  either its old content or the complete new one. On any error the temporary file is
+  removed and `path` is untouched.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
+                             suffix='.tmp')
+  try:
+    # mkstemp creates the file 0600; give it the permissions open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    try:
+      os.unlink(tmp)
+    except OSError:
+      pass
+    raise
+  _fsync_directory(directory)
+
+
+def save_checkpoint(path: str, *, params: Any, state: Any, model_config: EnformerConfig,
+                    opt_state: Any = None, rng: Any = None, epoch: int = 0,
+                    step: int = 0, metrics: Sequence[Mapping[str, Any]] = (),
+                    extra: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes a checkpoint atomically; returns `path`.
+
+  Args:
+    path: destination file (`.npz`); its directory is created if needed.
+    params, state: Haiku params and state ({module: {name: array}}), unreplicated,
+      numpy or jax arrays.
+    model_config: the EnformerConfig of the model.
+    opt_state: optax state (any pytree of arrays), or None.
+    rng: a jax PRNG key (raw uint32 or typed), or None.
+    epoch, step: completed epochs and train steps.
+    metrics: per-epoch metric dicts (JSON-serialisable).
+    extra: JSON-serialisable extras (training flags, crop_start, ...).
+  Raises:
+    CheckpointError: metadata that is not JSON-serialisable, or the write failed.
+  """
+  arrays, param_names = _flatten_haiku(_to_host(params), 'params')
+  state_arrays, state_names = _flatten_haiku(_to_host(state), 'state')
+  arrays.update(state_arrays)
+  opt_names = None
+  if opt_state is not None:
+    opt_arrays, opt_names = _flatten_opt_state(_to_host(opt_state))
+    arrays.update(opt_arrays)
+  rng = _rng_data(rng)
+  if rng is not None:
+    arrays['rng'] = rng
+  metadata = dict(
+      format=FORMAT,
+      model_config=model_config_to_dict(model_config),
+      epoch=int(epoch), step=int(step),
+      metrics=list(metrics), extra=dict(extra or {}),
+      names=dict(params=param_names, state=state_names, opt_state=opt_names))
+  try:
+    text = json.dumps(metadata, allow_nan=True)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'{path}: metadata is not JSON-serialisable: {e}') from e
+  arrays[METADATA_KEY] = np.frombuffer(text.encode('utf-8'), np.uint8)
+  try:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+  except OSError as e:
+    raise CheckpointError(f'{path}: could not write the checkpoint: {e}') from e
+  return os.fspath(path)
+
+
+# ---------------------------------------------------------------------------
+# Reading.
+
+
+def load_checkpoint(path: str, opt_state_template: Any = None) -> Checkpoint:
+  """Reads a checkpoint written by `save_checkpoint`.
+
+  Args:
+    path: the `.npz` file.
+    opt_state_template: a pytree with the optimizer state's structure (e.g.
+      `optimizer.init(params)`, or its `jax.eval_shape`); with it `opt_state` comes
+      back as that pytree, without it as the list of saved leaves.
+  Raises:
+    CheckpointError: missing, truncated or corrupt file, or one of another format;
+      the message names the file.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f'{path}: no such checkpoint file')
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      # Reading every member checks each one's CRC: a corrupt file fails here.
+      arrays = {key: npz[key] for key in npz.files}
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
+          zipfile.LargeZipFile) as e:
+    raise CheckpointError(f'{path}: not a readable checkpoint (truncated or corrupt?): '
+                          f'{type(e).__name__}: {e}') from e
+  if METADATA_KEY not in arrays:
+    raise CheckpointError(f'{path}: not an enformer_small checkpoint (no {METADATA_KEY} '
+                          'entry)')
+  try:
+    metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode('utf-8'))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise CheckpointError(f'{path}: unreadable metadata: {e}') from e
+  if not isinstance(metadata, dict) or metadata.get('format') != FORMAT:
+    found = metadata.get('format') if isinstance(metadata, dict) else None
+    raise CheckpointError(f'{path}: checkpoint format {found!r}, expected {FORMAT!r}')
+  try:
+    names = metadata['names']
+    params = _unflatten_haiku(arrays, names['params'], 'params')
+    state = _unflatten_haiku(arrays, names['state'], 'state')
+    model_config = model_config_from_dict(metadata['model_config'])
+    opt_state = None
+    if names.get('opt_state') is not None:
+      leaves = [arrays[f'opt_state/{i}'] for i in range(len(names['opt_state']))]
+      opt_state = (leaves if opt_state_template is None else
+                   _restore_opt_state(path, leaves, names['opt_state'],
+                                      opt_state_template))
+  except CheckpointError:
+    raise
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f'{path}: incomplete or inconsistent checkpoint: '
+                          f'{type(e).__name__}: {e}') from e
+  return Checkpoint(
+      path=path, params=params, state=state, model_config=model_config,
+      opt_state=opt_state, rng=arrays.get('rng'), epoch=int(metadata['epoch']),
+      step=int(metadata['step']), metrics=tuple(metadata.get('metrics', ())),
+      extra=dict(metadata.get('extra') or {}))
+
+
+# ---------------------------------------------------------------------------
+# Run directories.
+
+
+def epoch_checkpoint_path(directory: str, epoch: int) -> str:
+  return os.path.join(directory, f'checkpoint_epoch_{epoch:04d}.npz')
+
+
+def best_checkpoint_path(directory: str) -> str:
+  return os.path.join(directory, BEST_NAME)
+
+
+def epoch_checkpoints(directory: str) -> List[Tuple[int, str]]:
+  """(epoch, path) of the epoch checkpoints in `directory`, oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in os.listdir(directory):
+    match = EPOCH_PATTERN.match(name)
+    if match:
+      found.append((int(match.group(1)), os.path.join(directory, name)))
+  return sorted(found)
+
+
+def latest_checkpoint(directory: str) -> Optional[str]:
+  """Path of the newest epoch checkpoint in `directory`, or None."""
+  found = epoch_checkpoints(directory)
+  return found[-1][1] if found else None
+
+
+def prune_checkpoints(directory: str, keep: int) -> List[str]:
+  """Deletes all but the newest `keep` epoch checkpoints; returns the deleted paths.
+
+  `checkpoint_best.npz` is never touched. keep <= 0 keeps everything.
+  """
+  if keep <= 0:
+    return []
+  doomed = [path for _, path in epoch_checkpoints(directory)[:-keep]]
+  for path in doomed:
+    os.remove(path)
+  return doomed

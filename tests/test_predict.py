@@ -1,0 +1,182 @@
+"""experiments.predict: input order, both output formats, the model's own window."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from enformer_small import checkpoint
+from enformer_small import config as config_lib
+from enformer_small import dream_data
+from enformer_small import metrics
+from enformer_small import model
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+FLANK_5, FLANK_3 = 'TGCATTTTTTTCACATC', 'GGTTACGGCTGTT'
+
+
+def cli_env(compile_cache):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')])
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  env.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  env['JAX_COMPILATION_CACHE_DIR'] = str(compile_cache)
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  return env
+
+
+def run_module(module, *args, cache):
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT,
+                        env=cli_env(cache), capture_output=True, text=True, timeout=900)
+
+
+def random_rows(n, seed=0):
+  """DREAM-like rows: flanks around 80 random bases; other lengths, Ns, lowercase."""
+  rng = np.random.default_rng(seed)
+  sequences = []
+  for i in range(n):
+    length = {3: 75, 7: 95}.get(i, 80)
+    region = ''.join(rng.choice(list('ACGT'), length))
+    if i == 5:
+      region = region[:30] + 'NNNN' + region[34:]
+    sequence = FLANK_5 + region + FLANK_3
+    sequences.append(sequence.lower() if i == 11 else sequence)
+  return sequences, np.round(rng.uniform(0, 17, n), 3)
+
+
+def reference_predictions(ckpt, sequences, reverse=False):
+  """A direct eval-mode model call on the checkpoint's window of the 110 bp encoding."""
+  codes = dream_data.encode_sequences(sequences)
+  start, length = ckpt.crop_start, ckpt.model_config.input_length
+  x = dream_data.one_hot(codes[:, start:start + length])
+  if reverse:  # reverse complement: A,C,G,T channels reversed, positions reversed.
+    x = x[:, ::-1, ::-1]
+  out = model.predict_fn(ckpt.model_config)(ckpt.params, ckpt.state, x)
+  return np.asarray(out)[:, 0]
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('predict')
+  model_config = config_lib.seed_config(85)
+  params, state = model.init(model_config, jax.random.PRNGKey(42))
+  # Move the parameters off their initial values (zero-initialised attention output,
+  # unit BatchNorm) so that every part of the model shapes the output.
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  rng = np.random.default_rng(0)
+  leaves = [np.asarray(p) + (0.1 * np.std(p) or 0.02) * rng.standard_normal(
+      np.shape(p)).astype(np.float32) for p in leaves]
+  params = jax.tree_util.tree_unflatten(treedef, leaves)
+  # Fill the BatchNorm moving averages (zero at init) with a few training-mode calls.
+  forward = model.make_model(model_config.without_dropout())
+  for i in range(3):
+    codes = rng.integers(0, 4, (64, 85))
+    _, state = forward.apply(params, state, None, dream_data.one_hot(codes),
+                             is_training=True)
+  path = tmp / 'model.npz'
+  checkpoint.save_checkpoint(path, params=params, state=state, model_config=model_config)
+  sequences, measured = random_rows(37)
+  data = tmp / 'input.tsv'
+  data.write_text(''.join(f'{s}\t{m}\n' for s, m in zip(sequences, measured)))
+  indices = tmp / 'indices.json'
+  indices.write_text(json.dumps({'5': 0.1, '30,2': [0.2, 0.3], '17': 0.0}))
+  return dict(tmp=tmp, ckpt_path=path, ckpt=checkpoint.load_checkpoint(path),
+              sequences=sequences, measured=measured, data=data, indices=indices,
+              cache=tmp / 'xla_cache')
+
+
+def read_tsv(path):
+  rows = [line.split('\t') for line in path.read_text().splitlines()]
+  return [r[0] for r in rows], np.array([float(r[1]) for r in rows])
+
+
+def test_predict_writes_tsv_and_json_in_input_order_with_model_values(setup):
+  """37 rows in batches of 16 (the last padded): predictions equal a direct call."""
+  tmp = setup['tmp']
+  result = run_module(
+      'experiments.predict', f'--checkpoint={setup["ckpt_path"]}',
+      f'--input={setup["data"]}', f'--output_tsv={tmp / "out.tsv"}',
+      f'--output_json={tmp / "out.json"}', f'--indices_json={setup["indices"]}',
+      f'--output_metrics_json={tmp / "metrics.json"}', '--batch_size=16',
+      '--noprogress', cache=setup['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  expected = reference_predictions(setup['ckpt'], setup['sequences'])
+  assert np.std(expected) > 0.01  # the rows give different predictions
+
+  sequences, predicted = read_tsv(tmp / 'out.tsv')
+  assert sequences == setup['sequences']  # input order, sequences as written
+  np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-5)
+
+  leaderboard = json.loads((tmp / 'out.json').read_text())
+  assert list(leaderboard) == ['5', '30', '2', '17']
+  np.testing.assert_allclose([leaderboard[k] for k in leaderboard],
+                             expected[[5, 30, 2, 17]], rtol=1e-5, atol=1e-5)
+
+  found = json.loads((tmp / 'metrics.json').read_text())
+  assert found['pearson'] == pytest.approx(
+      metrics.pearson_r(expected, setup['measured']), abs=1e-4)
+  assert found['n'] == 37
+  assert 'pearson' in result.stdout
+
+
+def test_reverse_complement_average_is_the_mean_of_both_strands(setup):
+  tmp = setup['tmp']
+  result = run_module(
+      'experiments.predict', f'--checkpoint={setup["ckpt_path"]}',
+      f'--input={setup["data"]}', f'--output_tsv={tmp / "rc.tsv"}',
+      '--reverse_complement_average', '--batch_size=16', '--noprogress',
+      cache=setup['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  forward = reference_predictions(setup['ckpt'], setup['sequences'])
+  reverse = reference_predictions(setup['ckpt'], setup['sequences'], reverse=True)
+  _, predicted = read_tsv(tmp / 'rc.tsv')
+  np.testing.assert_allclose(predicted, (forward + reverse) / 2, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(forward, reverse, atol=1e-3)
+
+
+def test_bad_checkpoint_is_one_error_line(setup):
+  tmp = setup['tmp']
+  bad = tmp / 'bad.npz'
+  bad.write_bytes(setup['ckpt_path'].read_bytes()[:1000])
+  result = run_module('experiments.predict', f'--checkpoint={bad}',
+                      f'--input={setup["data"]}', f'--output_tsv={tmp / "x.tsv"}',
+                      cache=setup['cache'])
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {bad}')
+  assert not (tmp / 'x.tsv').exists()
+
+
+def test_predict_with_a_checkpoint_converted_from_the_seed_tf_model(
+    setup, seed_fixtures_dir):
+  """The seed's TF/Sonnet checkpoint, converted, predicts the seed's own outputs when
+  its 85 bp inputs sit at [15:100] of a 110 bp sequence."""
+  if not (REPO_ROOT / 'experiments' / 'convert.py').exists():
+    pytest.skip('experiments/convert.py (the TF converter) is not there yet')
+  tmp = setup['tmp']
+  converted = tmp / 'seed_85bp.npz'
+  result = run_module('experiments.convert',
+                      f'--checkpoint={seed_fixtures_dir / "checkpoint" / "ckpt"}',
+                      f'--output={converted}', cache=setup['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  cases = np.load(seed_fixtures_dir / 'cases.npz')
+  x = cases['x']  # [16, 85, 4], some all-zero (N) columns
+  letters = np.array(list('ACGTN'))
+  codes = np.where(x.sum(-1) > 0, x.argmax(-1), 4)
+  windows = [''.join(letters[row]) for row in codes]
+  sequences = [FLANK_5[:15] + w + FLANK_3[3:] for w in windows]
+  assert all(len(s) == 110 for s in sequences)
+  data = tmp / 'seed_cases.txt'
+  data.write_text(''.join(s + '\n' for s in sequences))
+  result = run_module('experiments.predict', f'--checkpoint={converted}',
+                      f'--input={data}', f'--output_tsv={tmp / "seed.tsv"}',
+                      '--batch_size=8', '--noprogress', cache=setup['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  _, predicted = read_tsv(tmp / 'seed.tsv')
+  np.testing.assert_allclose(predicted, cases['eval_out'][:, 0], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,113 @@
+"""The training command line: the flagfiles, the missing-data message, a tiny run."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+
+from enformer_small import checkpoint
+from experiments import train as train_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def cli_env(compile_cache=None):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')])
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  env.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  if compile_cache:  # Later runs of the same model skip XLA compilation.
+    env['JAX_COMPILATION_CACHE_DIR'] = str(compile_cache)
+    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  return env
+
+
+def run_train(*args, compile_cache=None, timeout=900):
+  return subprocess.run([sys.executable, '-m', 'experiments.train', *args],
+                        cwd=REPO_ROOT, env=cli_env(compile_cache), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def parse_flagfile(name):
+  values = flags.FlagValues()
+  train_lib.define_flags(values)
+  cwd = os.getcwd()
+  os.chdir(REPO_ROOT)  # Nested --flagfile paths are relative to the repository root.
+  try:
+    values(['train', f'--flagfile={name}'])
+  finally:
+    os.chdir(cwd)
+  return train_lib.config_from_flags(values)
+
+
+def test_small_flags_is_the_seed_recipe():
+  """85 bp window [15:100], SGD 0.01 / 0.9, batch 10,000, 10,000 held out, shifts
+  -1/0/+1 expanded, up to 300 epochs, on the challenge's train_sequences.txt."""
+  config = parse_flagfile('small.flags')
+  assert config.train_file == 'data/train_sequences.txt'
+  assert config.synthetic_rows == 0
+  assert (config.input_length, config.window_start) == (85, 15)
+  assert (config.learning_rate, config.momentum) == (0.01, 0.9)
+  assert config.batch_size == 10_000 and config.num_holdout == 10_000
+  assert config.shifts == (-1, 0, 1) and config.shift_mode == 'expand'
+  assert config.num_epochs == 300
+  assert config.compute_dtype == 'float32'
+
+
+def test_demo_flags_keep_the_recipe_on_synthetic_data():
+  config = parse_flagfile('demo.flags')
+  seed = parse_flagfile('small.flags')
+  assert config.synthetic_rows > 0 and config.synthetic_dir == 'runs/demo_data'
+  for same in ('input_length', 'crop_start', 'shifts', 'shift_mode', 'learning_rate',
+               'momentum', 'compute_dtype'):
+    assert getattr(config, same) == getattr(seed, same), same
+  assert config.run_dir != seed.run_dir
+
+
+def test_missing_train_file_says_where_to_get_it_and_how_to_run_the_demo(tmp_path):
+  missing = tmp_path / 'train_sequences.txt'
+  result = run_train('--flagfile=small.flags', f'--train_file={missing}',
+                     f'--run_dir={tmp_path / "run"}', timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  for part in (str(missing), 'Zenodo', '10633252', 'train_sequences.txt',
+               'python -m experiments.train --flagfile=demo.flags'):
+    assert part in result.stderr, part
+  assert not (tmp_path / 'run').exists()
+
+
+def test_tiny_run_then_nan_stop_on_resume(tmp_path):
+  """A 1-epoch run writes its files; --resume with NaN targets in epoch 2 exits 1
+  with the epoch and step, and leaves the epoch-1 checkpoint as it was."""
+  run_dir = tmp_path / 'run'
+  common = [f'--run_dir={run_dir}', '--synthetic_rows=300', '--synthetic_seed=3',
+            f'--synthetic_dir={tmp_path / "data"}', f'--data_cache_dir={tmp_path / "c"}',
+            '--num_holdout=60', '--batch_size=48', '--eval_batch_size=64', '--seed=5',
+            '--noprogress']
+  cache = tmp_path / 'xla_cache'
+  first = run_train(*common, '--num_epochs=1', compile_cache=cache)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'epoch 1/1' in first.stdout
+  assert 'best epoch 1' in first.stdout
+  lines = (run_dir / 'metrics.jsonl').read_text().splitlines()
+  assert json.loads(lines[0])['epoch'] == 1
+  assert (run_dir / 'pearson.png').exists()
+  assert json.loads((run_dir / 'train_config.json').read_text())['batch_size'] == 48
+  ckpt = pathlib.Path(checkpoint.epoch_checkpoint_path(run_dir, 1))
+  before = ckpt.read_bytes()
+
+  again = run_train(*common, '--num_epochs=1', timeout=300)
+  assert again.returncode == 1 and '--resume' in again.stderr
+  assert 'Traceback' not in again.stderr
+
+  nan = run_train(*common, '--num_epochs=2', '--resume', '--debug_nan_at_step=15',
+                  compile_cache=cache)
+  assert nan.returncode == 1, nan.stderr[-3000:]
+  assert 'Traceback' not in nan.stderr
+  assert 'the loss became nan in epoch 2, step 1 of 15' in nan.stderr
+  assert ckpt.read_bytes() == before
+  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [1]

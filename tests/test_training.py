@@ -1,0 +1,204 @@
+"""Training: the loss, resuming, stopping on NaN, and 2 devices == 1 device.
+
+The runs use the real code path (the seed model at 85 bp, the tf.data pipeline, the
+pmapped step) on a few hundred synthetic rows with a small batch.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from enformer_small import checkpoint
+from enformer_small import training
+from experiments import train as train_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_poisson_loss_matches_keras_formula_by_hand():
+  """mean(pred - y * log(pred + 1e-7)); here (1 - 0) and (2 - 3 ln 2) -> mean."""
+  pred = jnp.array([[1.0], [2.0]])
+  target = jnp.array([[0.0], [3.0]])
+  expected = ((1.0 - 0.0) + (2.0 - 3.0 * np.log(2.0 + 1e-7))) / 2  # 0.4602792...
+  assert float(training.poisson_loss(pred, target)) == pytest.approx(expected, rel=1e-6)
+  assert train_lib.poisson_loss_np(np.array([1.0, 2.0]), np.array([0.0, 3.0])) == (
+      pytest.approx(expected, rel=1e-12))
+
+
+def _tiny_config(tmp, name, **overrides):
+  fields = dict(
+      run_dir=str(tmp / name), synthetic_rows=300, synthetic_seed=3,
+      synthetic_dir=str(tmp / 'data'), data_cache_dir=str(tmp / 'cache'),
+      num_holdout=60, split_seed=1, batch_size=48, eval_batch_size=64,
+      learning_rate=0.01, momentum=0.9, num_epochs=2, seed=5, keep_checkpoints=1)
+  fields.update(overrides)
+  return train_lib.TrainConfig(**fields)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """An uninterrupted 2-epoch run, and 1 epoch + a resumed second epoch."""
+  tmp = tmp_path_factory.mktemp('train')
+  whole = train_lib.train(_tiny_config(tmp, 'whole'), verbose=False)
+  first = train_lib.train(_tiny_config(tmp, 'split', num_epochs=1), verbose=False)
+  first_ckpt = checkpoint.epoch_checkpoint_path(tmp / 'split', 1)
+  first_bytes = pathlib.Path(first_ckpt).read_bytes()
+  resumed = train_lib.train(_tiny_config(tmp, 'split'), resume=True, verbose=False)
+  return dict(tmp=tmp, whole=whole, first=first, resumed=resumed,
+              first_bytes=first_bytes)
+
+
+def test_resumed_run_equals_uninterrupted_run(runs):
+  """1 epoch, stop, --resume for the 2nd: the same parameters, state, optimizer, rng."""
+  whole, resumed = runs['whole'].train_state, runs['resumed'].train_state
+  for name in ('params', 'state', 'opt_state', 'rng', 'step'):
+    a, b = getattr(whole, name), getattr(resumed, name)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6,
+                                 err_msg=name)
+  assert int(whole.step) == 2 * 15  # 240 rows x 3 shifts / 48 per step, 2 epochs
+  def without_timings(history):
+    return [{k: v for k, v in r.items() if 'second' not in k and 'per_s' not in k}
+            for r in history]
+  assert (without_timings(runs['whole'].history) ==
+          without_timings(runs['resumed'].history))
+
+
+def test_run_directory_holds_metrics_plot_and_checkpoints(runs):
+  run_dir = pathlib.Path(runs['whole'].run_dir)
+  records = [json.loads(line) for line in
+             (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['epoch'] for r in records] == [1, 2]
+  for record in records:
+    for part in ('train', 'holdout'):
+      assert set(record[part]) >= {'loss', 'mse', 'mae', 'pearson', 'spearman'}
+    assert record['holdout']['n'] == 60
+    assert record['train']['n'] == 15 * 48
+    assert record['train_seq_per_s'] > 0
+  assert (run_dir / 'pearson.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # keep_checkpoints=1: only the last epoch, plus the best one.
+  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [2]
+  best = checkpoint.load_checkpoint(checkpoint.best_checkpoint_path(run_dir))
+  assert best.epoch == runs['whole'].best_epoch
+  assert best.extra['crop_start'] == 15
+  assert best.extra['train_config']['batch_size'] == 48
+  last = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run_dir))
+  assert [m['epoch'] for m in last.metrics] == [1, 2]
+
+
+def test_best_epoch_is_the_one_with_the_best_holdout_pearson(runs):
+  history = runs['whole'].history
+  best = max(history, key=lambda r: r['holdout']['pearson'])
+  assert runs['whole'].best_epoch == best['epoch']
+
+
+def test_resume_with_other_recipe_flags_is_refused(runs):
+  config = _tiny_config(runs['tmp'], 'split', learning_rate=0.1, num_epochs=3)
+  with pytest.raises(train_lib.TrainingError, match='learning_rate'):
+    train_lib.train(config, resume=True, verbose=False)
+
+
+def test_existing_run_directory_is_not_overwritten_without_asking(runs):
+  with pytest.raises(train_lib.TrainingError, match='--resume'):
+    train_lib.train(_tiny_config(runs['tmp'], 'whole'), verbose=False)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(runs):
+  """NaN targets in epoch 2 (global step 17 = epoch 2, step 3): stop, save nothing."""
+  tmp = runs['tmp']
+  run_dir = tmp / 'nan'
+  train_lib.train(_tiny_config(tmp, 'nan', num_epochs=1), verbose=False)
+  ckpt_path = pathlib.Path(checkpoint.epoch_checkpoint_path(run_dir, 1))
+  before = ckpt_path.read_bytes()
+  best_before = pathlib.Path(checkpoint.best_checkpoint_path(run_dir)).read_bytes()
+  with pytest.raises(train_lib.NonFiniteError) as info:
+    train_lib.train(_tiny_config(tmp, 'nan', debug_nan_at_step=17), resume=True,
+                    verbose=False)
+  message = str(info.value)
+  assert 'epoch 2, step 3 of 15' in message and 'nan' in message
+  assert str(ckpt_path) in message
+  assert ckpt_path.read_bytes() == before
+  best = pathlib.Path(checkpoint.best_checkpoint_path(run_dir))
+  assert best.read_bytes() == best_before
+  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [1]
+  assert len((run_dir / 'metrics.jsonl').read_text().splitlines()) == 1
+
+
+# A few steps of the pmapped train step on one global batch, written to an .npz; run
+# in a subprocess because the device count is fixed when jax starts.
+_STEPS_SCRIPT = textwrap.dedent('''
+    import sys
+    import jax
+    import numpy as np
+    from enformer_small import config, training
+    out, num_steps, global_batch = sys.argv[1], int(sys.argv[2]), 32
+    model_config = config.seed_config(85).without_dropout()
+    optimizer = training.make_optimizer(0.01, 0.9)
+    init = training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0))
+    state = training.replicate(init)
+    step = training.make_train_step(model_config, optimizer)
+    d = jax.local_device_count()
+    rng = np.random.default_rng(0)
+    for i in range(num_steps):
+      codes = rng.integers(0, 4, (global_batch, 85))
+      inputs = np.eye(4, dtype=np.float32)[codes]
+      targets = rng.uniform(0, 17, (global_batch, 1)).astype(np.float32)
+      batch = {'inputs': inputs.reshape(d, global_batch // d, 85, 4),
+               'targets': targets.reshape(d, global_batch // d, 1)}
+      state, metrics = step(state, training.shard_batch(batch))
+    host = training.unreplicate(state)
+    leaves = {}
+    for prefix, tree in (('params', host.params), ('state', host.state),
+                         ('init', jax.device_get(init.params))):
+      for module, values in tree.items():
+        for name, value in values.items():
+          leaves[prefix + ':' + module + ':' + name] = value
+    leaves['loss'] = np.asarray(metrics['loss'])[0]
+    np.savez(out, **leaves)
+    print('devices', d)
+''')
+
+
+def _start_steps(out, devices, num_steps):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                      f' --xla_force_host_platform_device_count={devices}').strip()
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')])
+  return subprocess.Popen([sys.executable, '-c', _STEPS_SCRIPT, str(out), str(num_steps)],
+                          env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def test_two_devices_give_the_same_update_as_one(tmp_path):
+  """One global batch of 32 split over 2 CPU devices: gradients and BatchNorm batch
+  statistics are averaged across devices (pmean), so the parameters and the BatchNorm
+  moving averages after the step match those of 1 device (dropout off).
+
+  One step: a second one multiplies float32 rounding differences by ~100 (the Poisson
+  loss's y / pred is steep where the first step left the predictions), which would
+  blur the comparison, not the rule.
+  """
+  outs = {d: tmp_path / f'devices{d}.npz' for d in (1, 2)}
+  procs = {d: _start_steps(outs[d], d, num_steps=1) for d in (1, 2)}
+  for d, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f'devices {d}' in stdout
+  one, two = np.load(outs[1]), np.load(outs[2])
+  assert sorted(one.files) == sorted(two.files)
+  assert any(k.startswith('state:') for k in one.files)
+  moved = [k for k in one.files if k.startswith('params:') and
+           not np.array_equal(one[k], one['init:' + k[len('params:'):]])]
+  assert len(moved) > 0.5 * sum(k.startswith('params:') for k in one.files)
+  for key in one.files:
+    np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-5, err_msg=key)
