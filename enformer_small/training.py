@@ -70,11 +70,14 @@ def set_compute_dtype(compute_dtype: Any) -> None:
   """
   compute = jnp.dtype(compute_dtype)
   if compute == jnp.float32:
-    hk.mixed_precision.clear_policy(enformer.Enformer)
+    for module in (enformer.Enformer, hk.BatchNorm, hk.LayerNorm):
+      hk.mixed_precision.clear_policy(module)
     return
   policy = jmp.Policy(param_dtype=jnp.float32, compute_dtype=compute,
                       output_dtype=jnp.float32)
-  full = jmp.get_policy('float32')
+  # Normalise in float32, hand `compute` on to the next layer (as Haiku's ImageNet
+  # example does): a float32 output would meet bfloat16 weights in the next conv.
+  full = jmp.get_policy('float32').with_output_dtype(compute)
   hk.mixed_precision.set_policy(enformer.Enformer, policy)
   hk.mixed_precision.set_policy(hk.BatchNorm, full)
   hk.mixed_precision.set_policy(hk.LayerNorm, full)

@@ -297,6 +297,7 @@ def plot_history(run_dir: str, history: Sequence[Dict[str, Any]],
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   epochs = [r['epoch'] for r in history]
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   ax.plot(epochs, [r['train']['pearson'] for r in history], 'o-', ms=3,
@@ -310,6 +311,7 @@ def plot_history(run_dir: str, history: Sequence[Dict[str, Any]],
   if noise_ceiling is not None:
     ax.axhline(noise_ceiling, color='k', ls='--', lw=1,
                label=f'noise ceiling {noise_ceiling:.3f}')
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel('epoch')
   ax.set_ylabel('Pearson r')
   ax.set_title(title or 'Pearson r per epoch')

@@ -65,7 +65,8 @@ def reference_predictions(ckpt, sequences, reverse=False):
 def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('predict')
   model_config = config_lib.seed_config(85)
-  params, state = model.init(model_config, jax.random.PRNGKey(42))
+  params, state = jax.jit(lambda key: model.init(model_config, key))(
+      jax.random.PRNGKey(42))
   # Move the parameters off their initial values (zero-initialised attention output,
   # unit BatchNorm) so that every part of the model shapes the output.
   leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -75,10 +76,10 @@ def setup(tmp_path_factory):
   params = jax.tree_util.tree_unflatten(treedef, leaves)
   # Fill the BatchNorm moving averages (zero at init) with a few training-mode calls.
   forward = model.make_model(model_config.without_dropout())
+  update = jax.jit(lambda p, s, x: forward.apply(p, s, None, x, is_training=True)[1])
   for i in range(3):
-    codes = rng.integers(0, 4, (64, 85))
-    _, state = forward.apply(params, state, None, dream_data.one_hot(codes),
-                             is_training=True)
+    state = update(params, state, dream_data.one_hot(rng.integers(0, 4, (64, 85))))
+  state = jax.device_get(state)
   path = tmp / 'model.npz'
   checkpoint.save_checkpoint(path, params=params, state=state, model_config=model_config)
   sequences, measured = random_rows(37)

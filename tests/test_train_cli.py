@@ -62,10 +62,13 @@ def test_demo_flags_keep_the_recipe_on_synthetic_data():
   config = parse_flagfile('demo.flags')
   seed = parse_flagfile('small.flags')
   assert config.synthetic_rows > 0 and config.synthetic_dir == 'runs/demo_data'
-  for same in ('input_length', 'crop_start', 'shifts', 'shift_mode', 'learning_rate',
-               'momentum', 'compute_dtype'):
+  for same in ('input_length', 'crop_start', 'shifts', 'shift_mode', 'momentum',
+               'compute_dtype'):
     assert getattr(config, same) == getattr(seed, same), same
   assert config.run_dir != seed.run_dir
+  # Documented deviations: smaller data, batch and run; dropout off (see demo.flags).
+  assert seed.dropout and not config.dropout
+  assert config.batch_size < seed.batch_size and config.num_epochs < seed.num_epochs
 
 
 def test_missing_train_file_says_where_to_get_it_and_how_to_run_the_demo(tmp_path):
