@@ -1,0 +1,350 @@
+"""Multi-process training on JAX's own runtime (jax.distributed), tested on localhost.
+
+The rules: P processes x D devices train exactly like 1 process x P*D devices on the
+same global batches (parameters, BatchNorm state, optimizer state, held-out metrics);
+the held-out set is scored exactly once; only process 0 writes files; a process that
+fails ends the whole job within a bounded time instead of leaving the others hanging.
+
+The processes run on CPU devices and talk through gloo over TCP on a free local port.
+"""
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+from absl import flags
+import numpy as np
+import pytest
+
+from enformer_small import checkpoint
+from enformer_small import distributed
+from enformer_small import dream_data
+from experiments import train as train_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+LAUNCH_DIR = REPO_ROOT / 'launch'
+PYTHON = sys.executable
+SLURM_ENV = dict(SLURM_JOB_ID='42', SLURM_STEP_NODELIST='node[001-002]', SLURM_NTASKS='2',
+                 SLURM_PROCID='1', SLURM_LOCALID='0')
+CLUSTER_ENV_VARS = tuple(SLURM_ENV) + (
+    'OMPI_MCA_orte_hnp_uri', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES',
+    'TPU_PROCESS_ADDRESSES', 'MEGASCALE_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_ADDRESS')
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def subprocess_env(cpu_devices: int) -> dict:
+  """A clean environment: CPU only, `cpu_devices` devices, no cluster variables."""
+  env = {k: v for k, v in os.environ.items() if k not in CLUSTER_ENV_VARS}
+  env.update(PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')]),
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', TF_ENABLE_ONEDNN_OPTS='0',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={cpu_devices}')
+  return env
+
+
+@pytest.fixture
+def no_cluster_env(monkeypatch):
+  for name in CLUSTER_ENV_VARS:
+    monkeypatch.delenv(name, raising=False)
+
+
+# ---------------------------------------------------------------------------
+# Settings and detection (no processes started).
+
+
+@pytest.mark.parametrize('fields, words', [
+    (dict(coordinator_address='localhost'), 'host:port'),
+    (dict(num_processes=0), 'num_processes'),
+    (dict(num_processes=2, process_id=2), 'process_id'),
+    (dict(process_id=-1), 'process_id'),
+    (dict(cpu_collectives='nccl'), 'cpu_collectives'),
+    (dict(heartbeat_timeout=0), 'heartbeat_timeout'),
+])
+def test_bad_settings_are_refused_naming_the_setting(fields, words):
+  with pytest.raises(distributed.DistributedError, match=words):
+    distributed.DistributedConfig(**fields)
+
+
+def test_cluster_environments_are_detected_from_their_variables():
+  """SLURM inside srun with > 1 task; Open MPI with > 1 rank; TPU pod variables."""
+  assert distributed.detect_cluster({}) is None
+  assert distributed.detect_cluster(SLURM_ENV) == 'slurm'
+  assert distributed.detect_cluster(dict(SLURM_ENV, SLURM_NTASKS='1')) is None
+  no_step = {k: v for k, v in SLURM_ENV.items() if k != 'SLURM_STEP_NODELIST'}
+  assert distributed.detect_cluster(no_step) is None  # sbatch script, not srun
+  assert distributed.detect_cluster(
+      dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='4')) == 'ompi'
+  assert distributed.detect_cluster(dict(TPU_WORKER_HOSTNAMES='w0,w1')) == 'tpu'
+  assert distributed.detect_cluster(dict(MEGASCALE_COORDINATOR_ADDRESS='w0')) == 'tpu'
+
+
+def test_a_single_process_initializes_nothing(no_cluster_env):
+  assert distributed.initialize(distributed.DistributedConfig()) is None
+  assert distributed.initialize(distributed.DistributedConfig(num_processes=1)) is None
+  import jax
+  assert not jax.distributed.is_initialized()
+
+
+def test_incomplete_explicit_settings_say_what_is_missing(no_cluster_env):
+  with pytest.raises(distributed.DistributedError, match='coordinator_address'):
+    distributed.initialize(distributed.DistributedConfig(num_processes=2, process_id=0))
+
+
+def test_initializing_after_jax_started_is_refused_with_a_clear_error(no_cluster_env):
+  import jax
+  jax.devices()  # The backend is up: too late to join other processes.
+  with pytest.raises(distributed.DistributedError, match='before anything uses JAX'):
+    distributed.initialize(distributed.DistributedConfig(
+        coordinator_address='127.0.0.1:1', num_processes=2, process_id=0))
+  assert not jax.distributed.is_initialized()
+
+
+def _train_arguments(path: pathlib.Path) -> str:
+  """What a launch script writes after `experiments.train` (continuations joined)."""
+  text = path.read_text().replace('\\\n', ' ')
+  parts = [line.split('experiments.train', 1)[1] for line in text.splitlines()
+           if 'experiments.train' in line and not line.lstrip().startswith('#')]
+  assert parts, f'{path} runs no experiments.train'
+  return ' '.join(parts)
+
+
+@pytest.mark.parametrize('name', ['slurm_multinode_gpu.sbatch', 'tpu_pod.sh'])
+def test_launch_scripts_are_valid_bash_and_pass_only_real_train_flags(name):
+  path = LAUNCH_DIR / name
+  subprocess.run(['bash', '-n', str(path)], check=True)
+  values = flags.FlagValues()
+  train_lib.define_flags(values)
+  arguments = _train_arguments(path)
+  used = set(re.findall(r'--([a-z_]+)=', arguments))
+  used |= set(re.findall(r'--(resume)\b', arguments))
+  assert {'flagfile', 'run_dir', 'resume'} <= used
+  unknown = sorted(f for f in used - {'flagfile'} if f not in values)
+  assert not unknown, f'{name} passes unknown flags {unknown}'
+
+
+# ---------------------------------------------------------------------------
+# End to end: `python -m experiments.train`, 2 processes x 1 device vs 1 x 2 devices.
+
+# 80 rows: 60 train x 3 shifts = 11 global batches of 16 (8 per device); 20 held out in
+# 2 evaluation batches of 16, the second padded so that process 1's half of it is empty.
+TINY_RUN = ('--synthetic_rows=80', '--num_holdout=20', '--batch_size=16',
+            '--eval_batch_size=16', '--num_epochs=1', '--seed=3', '--progress=false')
+
+
+def _train_command(run_dir, data_dir, *extra):
+  return [PYTHON, '-m', 'experiments.train', *TINY_RUN, f'--run_dir={run_dir}',
+          f'--synthetic_dir={data_dir}', f'--data_cache_dir={data_dir}/cache', *extra]
+
+
+def _wait(procs, timeout):
+  deadline = time.monotonic() + timeout
+  outputs = []
+  for proc in procs:
+    try:
+      out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+    outputs.append(out)
+  return outputs
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """The same tiny run as 1 process x 2 devices and as 2 processes x 1 device, at once.
+
+  Process 1 is given its own --run_dir, which must stay absent: only process 0 writes.
+  """
+  tmp = tmp_path_factory.mktemp('multihost')
+  data = tmp / 'data'
+  # The synthetic file and its encoding first, so that the concurrent runs only read.
+  config = train_lib.TrainConfig(synthetic_rows=80, synthetic_dir=str(data))
+  dream_data.read_dream_file(train_lib.ensure_synthetic_file(config, lambda line: None),
+                             cache_dir=data / 'cache')
+  address = f'127.0.0.1:{free_port()}'
+  procs = [subprocess.Popen(
+      _train_command(tmp / 'one', data), cwd=REPO_ROOT, env=subprocess_env(2),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+  for pid, run_dir in ((0, tmp / 'two'), (1, tmp / 'two_process1')):
+    procs.append(subprocess.Popen(
+        _train_command(run_dir, data, f'--coordinator_address={address}',
+                       '--num_processes=2', f'--process_id={pid}'),
+        cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  outputs = _wait(procs, timeout=600)
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out
+  return dict(tmp=tmp, outputs=outputs)
+
+
+def _final(run_dir):
+  return checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(run_dir, 1))
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    return {f'{k}/{name}': v for k in sorted(tree) for name, v in _leaves(tree[k]).items()}
+  return {'': np.asarray(tree)}
+
+
+def _max_difference(a, b):
+  a, b = _leaves(a), _leaves(b)
+  assert a.keys() == b.keys()
+  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(runs):
+  """Same global batches, gradients and BatchNorm statistics averaged over all devices:
+  the same parameters, BatchNorm moving averages and momentum after 11 steps."""
+  one, two = _final(runs['tmp'] / 'one'), _final(runs['tmp'] / 'two')
+  assert one.step == two.step == 11
+  assert _max_difference(one.params, two.params) < 1e-5
+  assert _max_difference(one.state, two.state) < 1e-5
+  for a, b in zip(one.opt_state, two.opt_state):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  np.testing.assert_array_equal(one.rng, two.rng)
+  assert 'x 2 process(es)' in runs['outputs'][1]
+  assert '2 device(s) x 1 process(es)' in runs['outputs'][0]
+
+
+def test_held_out_set_is_scored_once_with_the_single_process_metrics(runs):
+  """20 held-out rows, padded to 32 slots split over 2 processes, counted once."""
+  one, two = (json.loads((runs['tmp'] / name / train_lib.METRICS_FILE).read_text())
+              for name in ('one', 'two'))
+  assert one['holdout']['n'] == two['holdout']['n'] == 20
+  assert one['train']['n'] == two['train']['n'] == 11 * 16
+  for split in ('holdout', 'train'):
+    for key in ('loss', 'mse', 'mae', 'pearson', 'spearman'):
+      assert two[split][key] == pytest.approx(one[split][key], rel=1e-5, abs=1e-6), (
+          split, key)
+
+
+def test_only_process_0_writes(runs):
+  """Process 1 had its own --run_dir: nothing may appear there; process 0's run
+  directory holds what a single-process run writes."""
+  tmp = runs['tmp']
+  assert not (tmp / 'two_process1').exists()
+  assert sorted(p.name for p in (tmp / 'two').iterdir()) == sorted(
+      p.name for p in (tmp / 'one').iterdir())
+  # Log lines come from process 0 only.
+  assert 'epoch 1/1' in runs['outputs'][1] and 'epoch 1/1' not in runs['outputs'][2]
+
+
+# ---------------------------------------------------------------------------
+# A failing process ends the job.
+
+_FAILING_JOB = textwrap.dedent('''
+    import os, signal, sys, time
+    import numpy as np
+    from enformer_small import distributed
+    process_id, address, how = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    distributed.initialize(distributed.DistributedConfig(
+        coordinator_address=address, num_processes=2, process_id=process_id,
+        initialization_timeout=60, heartbeat_timeout=5, shutdown_timeout=5))
+    import jax
+    step = jax.pmap(lambda x: jax.lax.psum(x, 'devices'), axis_name='devices')
+    for i in range(100_000):
+      if process_id == 1 and i == 3:
+        if how == 'error':
+          raise RuntimeError('process 1 fails on purpose')
+        os.kill(os.getpid(), signal.SIGKILL)
+      assert float(np.asarray(step(np.ones((1,), np.float32)))[0]) == 2.0
+      time.sleep(0.02)
+    ''')
+
+
+@pytest.mark.parametrize('how', ['error', 'crash'])
+def test_a_failing_process_ends_the_whole_job_promptly(how):
+  """Process 1 raises (or is killed) after 3 collective steps; process 0, blocked in
+  the next collective, is terminated by JAX's coordination service with a message
+  pointing at the other task: non-zero exit within seconds (5 s timeouts here, 30/60 s
+  by default), never a hang."""
+  address = f'127.0.0.1:{free_port()}'
+  started = time.monotonic()
+  procs = [subprocess.Popen([PYTHON, '-c', _FAILING_JOB, str(pid), address, how],
+                            cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+           for pid in (0, 1)]
+  outputs = _wait(procs, timeout=120)
+  seconds = time.monotonic() - started
+  assert procs[1].returncode != 0
+  assert procs[0].returncode != 0, outputs[0]
+  assert seconds < 60
+  assert 'detected fatal errors' in outputs[0] and 'another task died' in outputs[0]
+  if how == 'error':
+    assert 'process 1 fails on purpose' in outputs[1]
+
+
+# ---------------------------------------------------------------------------
+# Slow tier (--runslow): resuming, and the real entry point's failure path.
+
+
+def _start_two_processes(tmp, run_dirs, *extra, train_files=(None, None)):
+  address = f'127.0.0.1:{free_port()}'
+  procs = []
+  for pid, (run_dir, train_file) in enumerate(zip(run_dirs, train_files)):
+    more = [f'--train_file={train_file}', '--synthetic_rows=0'] if train_file else []
+    procs.append(subprocess.Popen(
+        _train_command(run_dir, tmp / 'data', f'--coordinator_address={address}',
+                       '--num_processes=2', f'--process_id={pid}', *extra, *more),
+        cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+@pytest.mark.slow
+def test_every_process_resumes_from_the_same_checkpoint(runs):
+  """Epoch 2 resumed from epoch 1's checkpoint by 2 processes equals epoch 2 resumed by
+  1 process x 2 devices. Processes that would start from different checkpoints (here:
+  process 1 given a run directory without one) refuse to start, all of them."""
+  tmp = runs['tmp']
+  procs = _start_two_processes(tmp, (tmp / 'two', tmp / 'two_process1'),
+                               '--resume', '--num_epochs=2')
+  outputs = _wait(procs, timeout=600)
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 1, out
+    assert 'disagree on start_epoch (process 0: 1, process 1: 0)' in out, out
+  assert not (tmp / 'two_process1').exists()
+
+  procs = [subprocess.Popen(
+      _train_command(tmp / 'one', tmp / 'data', '--resume', '--num_epochs=2'),
+      cwd=REPO_ROOT, env=subprocess_env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)]
+  procs += _start_two_processes(tmp, (tmp / 'two', tmp / 'two'), '--resume',
+                                '--num_epochs=2')
+  outputs = _wait(procs, timeout=600)
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out
+  assert 'resuming from' in outputs[1]
+  one, two = (checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(tmp / n, 2))
+              for n in ('one', 'two'))
+  assert one.step == two.step == 22
+  assert _max_difference(one.params, two.params) < 1e-5
+  assert _max_difference(one.state, two.state) < 1e-5
+
+
+@pytest.mark.slow
+def test_training_job_ends_when_one_process_cannot_start(tmp_path, runs):
+  """Process 1 cannot read its training file: it says so, naming itself, and the whole
+  job ends with errors within JAX's default time limits (60 s exit barrier)."""
+  missing = tmp_path / 'missing.txt'
+  started = time.monotonic()
+  procs = _start_two_processes(runs['tmp'], (tmp_path / 'run', tmp_path / 'run'),
+                               train_files=(None, missing))
+  outputs = _wait(procs, timeout=600)
+  seconds = time.monotonic() - started
+  assert procs[1].returncode != 0 and procs[0].returncode != 0
+  assert f'[process 1 of 2] error: training file {missing} not found' in outputs[1]
+  assert 'another task died' in outputs[0]
+  assert seconds < 180
