@@ -30,9 +30,12 @@ since the last checkpoint (a partial epoch) is done again. A NaN or inf loss sto
 run (exit status 1) before anything of its epoch is written, naming the epoch and step;
 earlier checkpoints stay as they are.
 
-Multi-host: data are sharded by jax.process_index()/process_count() (each process builds
-the same global batches and takes its slice); only process 0 writes files; every process
-reads the same checkpoint when resuming (a shared file system is assumed).
+Multi-host (launch/README.md): one process per host on JAX's runtime, found from SLURM or
+TPU pod environments or given by --coordinator_address, --num_processes, --process_id.
+Each process builds the same global batches and feeds its devices its own slice; the
+step averages over all devices; held-out predictions are gathered and scored once; only
+process 0 writes files; every process reads the same checkpoint when resuming (a shared
+file system) and they check that they agree on flags, data and starting point.
 """
 
 import dataclasses
@@ -42,6 +45,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
@@ -54,6 +58,7 @@ from experiments import _runtime
 
 from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import config as config_lib
+from enformer_small import distributed
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
 from enformer_small import training
@@ -64,6 +69,11 @@ DATA_URL = 'https://zenodo.org/records/10633252'
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'pearson.png'
 CONFIG_FILE = 'train_config.json'
+
+# Fields of TrainConfig that may differ between the processes of a multi-host job
+# (paths; the data are compared by content).
+PER_PROCESS_FIELDS = frozenset({'run_dir', 'train_file', 'synthetic_dir',
+                                'data_cache_dir'})
 
 # Fields of TrainConfig that may change when a run is resumed: they do not change what
 # is computed (or only extend it, num_epochs).
@@ -203,11 +213,20 @@ _COMPILED: Dict[Any, Any] = {}
 
 
 def _compiled(kind: str, key: Tuple, build: Callable[[], Any], *args) -> Any:
-  """The AOT-compiled `build()(*args)` for these shapes, made once per process."""
+  """The AOT-compiled `build()(*args)` for these shapes, made once per process.
+
+  With several processes, the pmapped function itself, compiled by one call on copies
+  of `args` (an AOT-compiled pmap takes global arrays, not each process's own).
+  """
   shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(args))
-  cache_key = (kind, key, shapes, jax.local_device_count())
+  cache_key = (kind, key, shapes, jax.local_device_count(), jax.process_count())
   if cache_key not in _COMPILED:
-    _COMPILED[cache_key] = build().lower(*args).compile()
+    if jax.process_count() == 1:
+      _COMPILED[cache_key] = build().lower(*args).compile()
+    else:
+      step = build()
+      jax.block_until_ready(step(*jax.tree_util.tree_map(np.asarray, args)))
+      _COMPILED[cache_key] = step
   return _COMPILED[cache_key]
 
 
@@ -222,12 +241,37 @@ def _shard_count() -> int:
   return jax.process_count() * jax.local_device_count()
 
 
-def _gather(x: np.ndarray) -> np.ndarray:
-  """Concatenates a per-process [n] array over all processes (process order)."""
+def _gather_batches(x: np.ndarray) -> np.ndarray:
+  """This process's [batches, B] slices of global batches -> [batches * G] over all.
+
+  Process p holds columns [p*B, (p+1)*B) of each global batch (dataset.py), so the
+  result is in the order a single process would see.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    x = np.swapaxes(np.asarray(multihost_utils.process_allgather(x)), 0, 1)
+  return x.reshape(-1)
+
+
+def _check_processes_agree(**values: int) -> None:
+  """Raises TrainingError unless every process has the same values (int32 range)."""
   if jax.process_count() == 1:
-    return x
+    return
   from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  names = sorted(values)
+  table = np.asarray(multihost_utils.process_allgather(
+      np.array([values[name] for name in names], np.int32)))  # [processes, names]
+  differ = [f'{name} ({", ".join(f"process {p}: {v}" for p, v in enumerate(table[:, i]))})'
+            for i, name in enumerate(names) if np.any(table[:, i] != table[0, i])]
+  if differ:
+    raise TrainingError(
+        f'the {jax.process_count()} processes disagree on {"; ".join(differ)}. Start '
+        'every process with the same flags and data, and a --run_dir on a file system '
+        'all of them see (they resume from the same checkpoint).')
+
+
+def _fingerprint(value: Any) -> int:
+  return zlib.crc32(json.dumps(value, sort_keys=True).encode()) & 0x7fffffff
 
 
 def poisson_loss_np(pred: np.ndarray, target: np.ndarray) -> float:
@@ -435,6 +479,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     host_state = jax.device_get(training.init_train_state(
         model_config, optimizer, jax.random.PRNGKey(config.seed)))
     start_epoch = 0
+  _check_processes_agree(
+      flags=_fingerprint({k: v for k, v in config.to_json_dict().items()
+                          if k not in PER_PROCESS_FIELDS}),
+      data=_fingerprint([data_id['content_hash'], data_id['num_rows']]),
+      start_epoch=start_epoch, start_step=int(host_state.step))
   if is_writer:
     os.makedirs(run_dir, exist_ok=True)
     checkpoint_lib.atomic_write(
@@ -471,17 +520,18 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
   def evaluate(params, state) -> Tuple[np.ndarray, np.ndarray, float]:
     t = time.perf_counter()
-    preds, targets = [], []
+    preds, targets, masks = [], [], []
     for batch in dataset.eval_batches(
         data, holdout_rows, global_batch_size=eval_batch_size,
         local_device_count=devices, process_index=jax.process_index(),
         process_count=jax.process_count(), config=pipeline):
       out = np.asarray(eval_step(params, state, training.shard_batch(batch['inputs'])))
-      mask = batch['mask']
-      preds.append(out[mask])
-      targets.append(batch['targets'][..., 0][mask])
-    preds, targets = _gather(np.concatenate(preds)), _gather(np.concatenate(targets))
-    return preds, targets, time.perf_counter() - t
+      preds.append(out.reshape(-1))
+      targets.append(batch['targets'].reshape(-1))
+      masks.append(batch['mask'].reshape(-1))
+    # Padding is dropped after the gather: processes hold different numbers of rows.
+    preds, targets, masks = (_gather_batches(np.stack(x)) for x in (preds, targets, masks))
+    return preds[masks], targets[masks], time.perf_counter() - t
 
   def save(path, host, epoch, extra_best=None):
     checkpoint_lib.save_checkpoint(
@@ -537,8 +587,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         bar.close()
     jax.block_until_ready(train_state)
     train_seconds = time.perf_counter() - t_train
-    train_pred, train_target = _gather(np.concatenate(preds)), _gather(
-        np.concatenate(targets))
+    train_pred, train_target = _gather_batches(np.stack(preds)), _gather_batches(
+        np.stack(targets))
 
     holdout_pred, holdout_target, eval_seconds = evaluate(train_state.params,
                                                          train_state.state)
@@ -653,6 +703,18 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                     **fv)
   flags.DEFINE_bool('progress', True,
                     'Progress bar with throughput (only on a terminal).', **fv)
+  # Multi-process jobs (launch/README.md); under SLURM and on TPU pods JAX reads these
+  # from the environment.
+  flags.DEFINE_string('coordinator_address', None,
+                      'Multi-process: host:port of process 0, the same for every '
+                      'process.', **fv)
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.', **fv)
+  flags.DEFINE_integer('process_id', None,
+                       'Multi-process: this process, 0..num_processes-1 (0 writes the '
+                       'files).', **fv)
+  flags.DEFINE_list('local_device_ids', None,
+                    'GPUs this process drives, e.g. 0,1,2,3,4,5,6,7 (default: all; under '
+                    'SLURM, JAX gives each task one GPU).', **fv)
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
@@ -661,25 +723,48 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
   return TrainConfig(**fields)
 
 
+def distributed_config_from_flags(
+    flag_values: flags.FlagValues = FLAGS) -> distributed.DistributedConfig:
+  ids = flag_values.local_device_ids
+  try:
+    ids = None if ids is None else tuple(int(i) for i in ids)
+  except ValueError:
+    raise distributed.DistributedError(
+        f'--local_device_ids must be integers, e.g. 0,1,2,3, got {",".join(ids)}')
+  return distributed.DistributedConfig(
+      coordinator_address=flag_values.coordinator_address,
+      num_processes=flag_values.num_processes, process_id=flag_values.process_id,
+      local_device_ids=ids)
+
+
+def _fail(message: str) -> None:
+  """Prints an error (naming the process in a multi-process job) and exits with 1."""
+  if not message.startswith('error:'):
+    message = f'error: {message}'
+  print(distributed.process_label() + message, file=sys.stderr)
+  sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # absl shows INFO records; jax's probing of absent backends is not news.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  # Before anything touches JAX: join the other processes, if any.
+  try:
+    distributed.initialize(distributed_config_from_flags())
+  except distributed.DistributedError as e:
+    _fail(str(e))
   config = config_from_flags()
   # Before TensorFlow is imported: a missing file is reported at once.
   if config.synthetic_rows <= 0 and not os.path.exists(config.train_file):
-    print(missing_train_file_message(config.train_file), file=sys.stderr)
-    sys.exit(1)
+    _fail(missing_train_file_message(config.train_file))
   try:
     train(config, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
           progress=FLAGS.progress and sys.stderr.isatty())
   except (TrainingError, dream_data.DreamDataError,
           checkpoint_lib.CheckpointError) as e:
-    message = str(e)
-    print(message if message.startswith('error:') else f'error: {message}',
-          file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
