@@ -23,6 +23,8 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import _runtime
+
 _ROWS = flags.DEFINE_integer('rows', 6_739_258, 'rows to write.')
 _SEED = flags.DEFINE_integer('seed', 0, 'random seed.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'runs (each in a fresh process).')
@@ -99,10 +101,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  try:
-    from experiments import _runtime  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    _runtime = None
-  if _runtime is not None:
-    _runtime.reexec_with_jemalloc()
+  _runtime.reexec_with_jemalloc()
   app.run(main)

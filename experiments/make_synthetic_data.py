@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 
 from enformer_small import synthetic
+from experiments import _runtime
 
 _OUTPUT = flags.DEFINE_string('output', None, 'file to write (.gz: gzip).', required=True)
 _ROWS = flags.DEFINE_integer('rows', 100_000, 'rows to write.')
@@ -46,10 +47,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  try:
-    from experiments import _runtime
-  except ImportError:
-    _runtime = None
-  if _runtime is not None:
-    _runtime.reexec_with_jemalloc()
+  _runtime.reexec_with_jemalloc()
   app.run(main)

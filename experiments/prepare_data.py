@@ -17,12 +17,8 @@ import time
 from absl import app
 from absl import flags
 
-try:
-  from experiments import _runtime  # pylint: disable=g-import-not-at-top
-except ImportError:
-  _runtime = None
-
-from enformer_small import dream_data  # pylint: disable=g-import-not-at-top
+from enformer_small import dream_data
+from experiments import _runtime
 
 _INPUT = flags.DEFINE_string(
     'input', None, 'DREAM file: sequence<TAB>expression, plain or gzip.')
@@ -64,6 +60,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  if _runtime is not None:
-    _runtime.reexec_with_jemalloc()
+  _runtime.reexec_with_jemalloc()
   app.run(main)

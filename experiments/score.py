@@ -38,12 +38,8 @@ import sys
 from absl import app
 from absl import flags
 
-try:
-  from experiments import _runtime
-except ImportError:  # The lead's runtime helper is optional.
-  _runtime = None
-
 from enformer_small import scoring
+from experiments import _runtime
 
 _DATA = os.path.join('..', 'shared', 'data', 'dream')
 
@@ -148,6 +144,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  if _runtime is not None:
-    _runtime.reexec_with_jemalloc()
+  _runtime.reexec_with_jemalloc()
   app.run(main)
