@@ -33,6 +33,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from enformer_small import dream_data
+
 _INPUT = flags.DEFINE_string(
     'input', None, 'DREAM file to read; default: write a synthetic one.')
 _ROWS = flags.DEFINE_integer(
@@ -48,8 +50,8 @@ _CHILD = flags.DEFINE_enum(
     'in this process and print it as JSON.')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'internal: cache dir.')
 
-_FLANK_5 = b'TGCATTTTTTTCACATC'
-_FLANK_3 = b'GGTTACGGCTGTT'
+_FLANK_5 = dream_data.FLANK_5.encode()
+_FLANK_3 = dream_data.FLANK_3.encode()
 # Length mix of the real training rows (train_6370.txt: 82% 110, 13% 109...).
 _LENGTHS = np.array([110, 109, 108, 107, 106, 105, 100, 95, 87, 111, 115, 125,
                      135])
@@ -121,7 +123,6 @@ def _cpu_seconds() -> float:
 
 
 def _run_child(kind: str, path: str, cache_dir: str) -> None:
-  from enformer_small import dream_data  # pylint: disable=g-import-not-at-top
   baseline_mb = _peak_rss_mb()
   start, cpu_start = time.perf_counter(), _cpu_seconds()
   data = dream_data.read_dream_file(

@@ -42,23 +42,20 @@ import jax
 import numpy as np
 
 from enformer_small.config import EnformerConfig
+from enformer_small.dream_data import SEQUENCE_LENGTH
 
 FORMAT = 'enformer_small-checkpoint-v1'
 METADATA_KEY = '__metadata__'
 EPOCH_PATTERN = re.compile(r'^checkpoint_epoch_(\d+)\.npz$')
 BEST_NAME = 'checkpoint_best.npz'
 
-# The seed's input window: X[:, 15:100] of the 110 bp encoding.
-SEED_CROP_START = 15
-SEED_INPUT_LENGTH = 85
-ENCODED_LENGTH = 110
-
 
 class CheckpointError(Exception):
   """A checkpoint that cannot be read or written; the message names the file."""
 
 
-def default_crop_start(input_length: int, encoded_length: int = ENCODED_LENGTH) -> int:
+def default_crop_start(input_length: int,
+                       encoded_length: int = SEQUENCE_LENGTH) -> int:
   """Where a model of `input_length` reads the 110 bp encoding when nothing says.
 
   The seed cut X[:, 15:100]: of the 25 positions it left out, 15 (3/5) lie at the 5' end

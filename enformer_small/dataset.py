@@ -63,10 +63,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from enformer_small.dream_data import PAD_CODE
+
 Batch = Mapping[str, np.ndarray]
 
 NUM_BASES = 4
-_PAD_CODE = 4  # dream_data.PAD_CODE: N and end padding, an all-zero column.
 SHIFT_MODES = ('expand', 'random')
 ONE_HOT_DTYPES = ('float32', 'bfloat16', 'float16', 'uint8')
 
@@ -290,7 +291,7 @@ class _WindowEncoder:
     if reverse is not None:
       # 3 - c swaps A<->T (0, 3) and C<->G (1, 2); the pad code stays.
       backwards = tf.reverse(window, axis=[1])
-      complement = tf.where(backwards < _PAD_CODE, 3 - backwards, backwards)
+      complement = tf.where(backwards < PAD_CODE, 3 - backwards, backwards)
       window = tf.where(reverse[:, None], complement, window)
     return window
 
@@ -564,7 +565,7 @@ def _eval_dataset(codes: np.ndarray, expression: Optional[np.ndarray],
     safe_rows = tf.maximum(rows, 0)
     reverse = (tf.fill(tf.shape(rows), True) if reverse_complement else None)
     window = encoder.windows(safe_rows, None, reverse)
-    window = tf.where(valid[:, None], window, tf.constant(_PAD_CODE, tf.uint8))
+    window = tf.where(valid[:, None], window, tf.constant(PAD_CODE, tf.uint8))
     batch = dict(inputs=encoder.per_device(encoder.one_hot(window)),
                  mask=encoder.per_device(valid),
                  index=encoder.per_device(rows))

@@ -52,11 +52,10 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-FLANK_5 = 'TGCATTTTTTTCACATC'
-FLANK_3 = 'GGTTACGGCTGTT'
+from enformer_small.dream_data import FLANK_3, FLANK_5, PAD_CODE
+
 RANDOM_LENGTH = 80
 MAX_EXPRESSION = 17.0
-PAD_CODE = 4
 
 _BASES = 'ACGT'
 _ASCII_OF_CODE = np.frombuffer(b'ACGTN', dtype=np.uint8)
