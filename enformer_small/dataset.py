@@ -65,6 +65,13 @@ import tensorflow_datasets as tfds
 
 from enformer_small.dream_data import PAD_CODE
 
+# The pipeline runs on the host. A TensorFlow built with GPU support would otherwise
+# reserve most of each GPU's memory for itself at its first op, memory JAX needs.
+try:
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow's devices were already initialised by the caller.
+  pass
+
 Batch = Mapping[str, np.ndarray]
 
 NUM_BASES = 4

@@ -56,7 +56,6 @@ arrays: it would cost as much as the read it saves).
 """
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import logging
@@ -64,11 +63,12 @@ import os
 import pathlib
 import re
 import tempfile
-import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from enformer_small import textfiles
 
 SEQUENCE_LENGTH = 110
 PAD_CODE = 4
@@ -578,16 +578,9 @@ def _summarise(path, content_hash, expression, lengths, extra) -> ReadReport:
 
 
 def _read_source(path: str) -> np.ndarray:
-  """The file's bytes, gunzipped if it starts with the gzip magic."""
-  with open(path, 'rb') as f:
-    magic = f.read(2)
-  if magic != b'\x1f\x8b':
-    return np.fromfile(path, dtype=np.uint8)
-  with open(path, 'rb') as f:
-    compressed = f.read()
   try:
-    data = gzip.decompress(compressed)
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    data = textfiles.read_bytes(path)
+  except textfiles.CorruptGzipError as e:
     raise DreamDataError(f'{path}:1: corrupt gzip file ({e}); expected a '
                          'complete gzip of a DREAM file') from None
   return np.frombuffer(data, np.uint8)

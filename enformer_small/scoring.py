@@ -69,7 +69,6 @@ Policies (each one is tested):
 
 import csv
 import dataclasses
-import gzip
 import io
 import json
 import math
@@ -81,6 +80,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from enformer_small import metrics
+from enformer_small import textfiles
 
 NUM_TEST_ROWS = 71103
 SCORE_DENOMINATOR = 4.65
@@ -301,25 +301,14 @@ def _read_text(path: str | os.PathLike[str], what: str) -> str:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise ScoringFileNotFoundError(f'{path}: {what} not found')
-  with open(path, 'rb') as f:
-    data = f.read()
-  if data[:2] == b'\x1f\x8b':
-    try:
-      data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
-      raise ScoringError(f'{path}: broken gzip file ({e})') from None
+  try:
+    data = textfiles.read_bytes(path)
+  except textfiles.CorruptGzipError as e:
+    raise ScoringError(f'{path}: broken gzip file ({e})') from None
   try:
     return data.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     raise ScoringError(f'{path}: not UTF-8 text (byte {e.start})') from None
-
-
-def _text_lines(text: str) -> list[str]:
-  lines = text.split('\n')
-  lines = [line[:-1] if line.endswith('\r') else line for line in lines]
-  while lines and not lines[-1].strip():
-    lines.pop()
-  return lines
 
 
 def _read_json(path: str | os.PathLike[str], what: str) -> Any:
@@ -506,7 +495,7 @@ def read_test_set(path: str | os.PathLike[str]) -> TestSet:
     sequence or a missing, non-numeric or non-finite measurement.
   """
   path = os.fspath(path)
-  lines = _text_lines(_read_text(path, 'test file'))
+  lines = textfiles.split_lines(_read_text(path, 'test file'))
   if not lines:
     raise ScoringError(f'{path}:1: empty test file')
   sequences, measured = [], []
@@ -609,7 +598,7 @@ def read_tsv_predictions(path: str | os.PathLike[str], *,
     ScoringFileNotFoundError, ScoringError (`path:line: ...`).
   """
   path = os.fspath(path)
-  lines = _text_lines(_read_text(path, 'predictions file'))
+  lines = textfiles.split_lines(_read_text(path, 'predictions file'))
   first_line = 1
   if lines:
     fields = lines[0].split('\t')

@@ -7,7 +7,9 @@ SGD on the Poisson loss. Under `jax.distributed` the same pmapped step spans the
 of every process.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+import collections
+import itertools
+from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 import haiku as hk
 import jax
@@ -102,8 +104,10 @@ def make_train_step(model_config: EnformerConfig,
   batch: {'inputs': [D, B, L, 4] one-hot (any dtype), 'targets': [D, B, 1]} with D the
   local device count; train_state replicated (`replicate`). Metrics are averaged over
   all devices and are replicated on return. With `return_predictions`, metrics also
-  hold 'predictions' [D, B]: each device's training-mode predictions (not averaged),
-  for train correlations over an epoch as Keras reports them.
+  hold 'predictions' and 'targets' [D, B]: each device's training-mode predictions
+  (not averaged) and the targets they were scored against, for train correlations
+  over an epoch as Keras reports them (the host batch may be gone by then, see
+  `prefetch_to_device`).
   """
   set_compute_dtype(compute_dtype)
   model = make_model(model_config, cross_replica_axis=axis_name)
@@ -131,6 +135,7 @@ def make_train_step(model_config: EnformerConfig,
                             axis_name)
     if return_predictions:
       metrics['predictions'] = predictions[..., 0]
+      metrics['targets'] = targets[..., 0]
     new_train_state = TrainState(params=params, state=new_state, opt_state=opt_state,
                                  rng=rng, step=train_state.step + 1)
     return new_train_state, metrics
@@ -189,3 +194,22 @@ def shard_batch(batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
   """Places a host batch [D, B, ...] on the local devices, one slice per device."""
   sharding = local_mesh_sharding()
   return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch)
+
+
+def prefetch_to_device(batches: Iterable[Dict[str, np.ndarray]],
+                       size: int = 2) -> Iterator[Dict[str, jax.Array]]:
+  """Yields `shard_batch(batch)` for each host batch, `size` batches ahead.
+
+  `jax.device_put` returns before the copy is done, so the batches after the one
+  being stepped on are already on their way while the step runs: on a GPU the step
+  does not wait for its inputs to cross PCIe. `size` batches sit in device memory
+  besides the one in use.
+  """
+  if size < 1:
+    raise ValueError(f'size must be >= 1, got {size}')
+  batches = iter(batches)
+  queue = collections.deque(shard_batch(b) for b in itertools.islice(batches, size))
+  while queue:
+    yield queue.popleft()
+    # Only now, after the caller has dispatched its step on the batch just yielded.
+    queue.extend(shard_batch(b) for b in itertools.islice(batches, 1))

@@ -41,7 +41,6 @@ Single host (all local devices). Bad input ends with a one-line `error: ...` and
 status 1.
 """
 
-import gzip
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ from experiments import _runtime
 from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
+from enformer_small import textfiles
 from enformer_small import training
 
 FLAGS = flags.FLAGS
@@ -72,14 +72,6 @@ class PredictError(Exception):
 # Input.
 
 
-def _open_text(path: str):
-  with open(path, 'rb') as f:
-    magic = f.read(2)
-  if magic == b'\x1f\x8b':
-    return gzip.open(path, 'rt', encoding='utf-8', newline='')
-  return open(path, 'r', encoding='utf-8', newline='')
-
-
 def read_input(path: str) -> Tuple[List[str], Optional[np.ndarray]]:
   """Sequences (as written) and measured values (None if the file has none).
 
@@ -90,14 +82,11 @@ def read_input(path: str) -> Tuple[List[str], Optional[np.ndarray]]:
     raise PredictError(f'{path}: no such input file')
   sequences, measured, columns = [], [], None
   try:
-    with _open_text(path) as f:
-      lines = f.read().split('\n')
-  except (OSError, UnicodeDecodeError, EOFError) as e:
+    lines = textfiles.split_lines(textfiles.read_bytes(path).decode('utf-8-sig'))
+  except (OSError, UnicodeDecodeError, textfiles.CorruptGzipError) as e:
     raise PredictError(f'{path}: cannot read: {e}') from e
-  while lines and not lines[-1].strip():
-    lines.pop()
   for number, line in enumerate(lines, start=1):
-    fields = line.rstrip('\r').split('\t')
+    fields = line.split('\t')
     if len(fields) > 2 or not fields[0].strip():
       raise PredictError(f'{path}:{number}: expected "sequence<TAB>measured" or '
                          f'"sequence", got {line[:60]!r}')

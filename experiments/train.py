@@ -230,11 +230,19 @@ def _compiled(kind: str, key: Tuple, build: Callable[[], Any], *args) -> Any:
   return _COMPILED[cache_key]
 
 
+# The one-hot inputs travel as uint8: exact in any compute dtype (the step casts on the
+# device) and a quarter of float32's host-to-device bytes.
+INPUT_DTYPE = np.uint8
+# Batches on their way to the devices while a step runs (training.prefetch_to_device).
+DEVICE_PREFETCH = 2
+
+
 def _pipeline_config(config: TrainConfig):
   from enformer_small import dataset  # TensorFlow: only once training really starts.
   return dataset.PipelineConfig(crop_start=config.window_start,
                                 crop_length=config.input_length, shifts=config.shifts,
-                                shift_mode=config.shift_mode)
+                                shift_mode=config.shift_mode,
+                                one_hot_dtype=np.dtype(INPUT_DTYPE).name)
 
 
 def _shard_count() -> int:
@@ -498,11 +506,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
   train_state = training.replicate(host_state)
   example = training.shard_batch({
       'inputs': np.zeros((devices, local_batch // devices, config.input_length, 4),
-                         np.float32),
+                         INPUT_DTYPE),
       'targets': np.zeros((devices, local_batch // devices, 1), np.float32)})
   local_eval = eval_batch_size // jax.process_count()
   eval_inputs = training.shard_batch(np.zeros(
-      (devices, local_eval // devices, config.input_length, 4), np.float32))
+      (devices, local_eval // devices, config.input_length, 4), INPUT_DTYPE))
   step_key = (model_config, config.learning_rate, config.momentum, compute_dtype.name)
   t0 = time.perf_counter()
   train_step = _compiled('train', step_key, lambda: training.make_train_step(
@@ -557,7 +565,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     pending = None
 
     def consume(pending):
-      metrics, batch_targets, step_in_epoch = pending
+      metrics, step_in_epoch = pending
       metrics = jax.device_get(metrics)
       loss = float(np.asarray(metrics['loss'])[0])
       if not math.isfinite(loss):
@@ -567,20 +575,22 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             f'{epoch * steps_per_epoch + step_in_epoch + 1}). Nothing of this epoch '
             f'was saved; ' + _last_good(run_dir))
       preds.append(np.asarray(metrics['predictions']).reshape(-1))
-      targets.append(batch_targets.reshape(-1))
+      targets.append(np.asarray(metrics['targets']).reshape(-1))
       if bar is not None:
         bar.update(config.batch_size)
         bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
 
+    if epoch * steps_per_epoch <= config.debug_nan_at_step < number * steps_per_epoch:
+      batches = _with_nan_targets(batches, config.debug_nan_at_step -
+                                  epoch * steps_per_epoch)
     t_train = time.perf_counter()
     try:
-      for i, batch in enumerate(batches):
-        if epoch * steps_per_epoch + i == config.debug_nan_at_step:
-          batch = dict(batch, targets=np.full_like(batch['targets'], np.nan))
-        train_state, metrics = train_step(train_state, training.shard_batch(batch))
+      for i, device_batch in enumerate(training.prefetch_to_device(batches,
+                                                                   DEVICE_PREFETCH)):
+        train_state, metrics = train_step(train_state, device_batch)
         if pending is not None:
           consume(pending)  # The previous step's, while this one runs.
-        pending = (metrics, batch['targets'], i)
+        pending = (metrics, i)
       consume(pending)
     finally:
       if bar is not None:
@@ -634,6 +644,14 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
   return TrainResult(train_state=training.unreplicate(train_state), history=history,
                      best_epoch=best_epoch, best_pearson=best_pearson,
                      noise_ceiling=noise_ceiling, run_dir=run_dir)
+
+
+def _with_nan_targets(batches, index: int):
+  """`batches` with NaN targets in batch `index` (tests of the NaN guard)."""
+  for i, batch in enumerate(batches):
+    if i == index:
+      batch = dict(batch, targets=np.full_like(batch['targets'], np.nan))
+    yield batch
 
 
 def _last_good(run_dir: str) -> str:

@@ -1,5 +1,6 @@
 """experiments.predict: input order, both output formats, the model's own window."""
 
+import gzip
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ from enformer_small import config as config_lib
 from enformer_small import dream_data
 from enformer_small import metrics
 from enformer_small import model
+from experiments import predict
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLANK_5, FLANK_3 = 'TGCATTTTTTTCACATC', 'GGTTACGGCTGTT'
@@ -95,6 +97,31 @@ def setup(tmp_path_factory):
 def read_tsv(path):
   rows = [line.split('\t') for line in path.read_text().splitlines()]
   return [r[0] for r in rows], np.array([float(r[1]) for r in rows])
+
+
+def test_read_input_takes_gzip_crlf_and_files_without_values(tmp_path):
+  path = tmp_path / 'input.tsv'  # gzip whatever the name
+  path.write_bytes(gzip.compress(b'ACGT\t1.5\r\nggcn\t-2\r\n\r\n'))
+  sequences, measured = predict.read_input(str(path))
+  assert sequences == ['ACGT', 'ggcn']
+  np.testing.assert_array_equal(measured, [1.5, -2.0])
+  path.write_bytes(b'ACGT\r\nGGCC\n\n')
+  assert predict.read_input(str(path)) == (['ACGT', 'GGCC'], None)
+  path.write_bytes('\ufeffACGT\t1\n'.encode('utf-8'))  # byte-order mark of some editors
+  assert predict.read_input(str(path))[0] == ['ACGT']
+
+
+@pytest.mark.parametrize('content, message', [
+    (gzip.compress(b'ACGT\t1\n' * 50)[:20], ': cannot read: '),
+    (b'ACGT\t1\nGGCC\n', ':2: 1 field(s) where line 1 has 2'),
+    (b'ACGT\t1\r\n\r\nGGCC\t2\n', ':2: expected "sequence<TAB>measured"'),
+])
+def test_read_input_errors_name_the_file_and_line(tmp_path, content, message):
+  path = tmp_path / 'input.tsv'
+  path.write_bytes(content)
+  with pytest.raises(predict.PredictError) as info:
+    predict.read_input(str(path))
+  assert str(info.value).startswith(str(path) + message)
 
 
 def test_predict_writes_tsv_and_json_in_input_order_with_model_values(setup):

@@ -6,10 +6,12 @@ Camformer's published test-set predictions, and cross-check the published final
 leaderboard.
 """
 
+import gzip
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -251,6 +253,18 @@ def test_read_test_set_reads_sequences_and_negative_measurements(tiny_test_set):
   assert tiny_test_set.sequences == tuple(SEQS)
   np.testing.assert_array_equal(tiny_test_set.measured, [0.5, -1.25, 2.0])
   assert tiny_test_set.measured.dtype == np.float64
+
+
+def test_gzipped_test_set_reads_like_plain_and_a_broken_one_names_the_file(
+    tmp_path, tiny_test_set):
+  rows = 'ACGTACGT\t0.5\nTTTTCCCC\t-1.25\r\nGGGGAAAA\t2\n'.encode()
+  path = tmp_path / 'test.tsv'  # gzip whatever the name
+  path.write_bytes(gzip.compress(rows))
+  assert scoring.read_test_set(path).sequences == tiny_test_set.sequences
+  path.write_bytes(gzip.compress(rows)[:20])
+  with pytest.raises(scoring.ScoringError,
+                     match=f'^{re.escape(str(path))}: broken gzip file'):
+    scoring.read_test_set(path)
 
 
 def test_read_tsv_predictions_checks_order_against_the_test_file(

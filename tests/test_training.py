@@ -34,6 +34,52 @@ def test_poisson_loss_matches_keras_formula_by_hand():
       pytest.approx(expected, rel=1e-12))
 
 
+def test_prefetch_to_device_yields_every_batch_in_order_and_reads_ahead():
+  """Each host batch comes out once, in order, on the devices; when batch i is handed
+  out, batches up to i + size have been taken from the source (their copies started)."""
+  pulled = []
+
+  def source():
+    for i in range(5):
+      pulled.append(i)
+      yield {'inputs': np.full((jax.local_device_count(), 3, 2), i, np.uint8)}
+
+  seen = []
+  for i, batch in enumerate(training.prefetch_to_device(source(), size=2)):
+    assert isinstance(batch['inputs'], jax.Array)
+    assert len(pulled) == min(i + 2, 5)
+    seen.append(int(np.asarray(batch['inputs']).max()))
+  assert seen == [0, 1, 2, 3, 4]
+  with pytest.raises(ValueError, match='size'):
+    next(training.prefetch_to_device(source(), size=0))
+
+
+def test_uint8_one_hot_inputs_train_exactly_as_float32():
+  """The training loop ships one-hot inputs as uint8; the step casts them on the device,
+  so one step gives bit-identical parameters, state and metrics to float32 inputs. The
+  step also hands back each example's prediction with its target, in batch order."""
+  from enformer_small import config
+  model_config = config.seed_config(85)
+  optimizer = training.make_optimizer()
+  state = training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0))
+  step = training.make_train_step(model_config, optimizer, donate=False,
+                                  return_predictions=True)
+  d = jax.local_device_count()
+  rng = np.random.default_rng(0)
+  one_hot = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, (d, 8, 85))]
+  targets = rng.uniform(0, 17, (d, 8, 1)).astype(np.float32)
+  out = {}
+  for dtype in (np.uint8, np.float32):
+    batch = training.shard_batch({'inputs': one_hot.astype(dtype), 'targets': targets})
+    out[dtype] = jax.device_get(step(training.replicate(state), batch))
+  for a, b in zip(jax.tree_util.tree_leaves(out[np.uint8]),
+                  jax.tree_util.tree_leaves(out[np.float32])):
+    np.testing.assert_array_equal(a, b)
+  metrics = out[np.uint8][1]
+  np.testing.assert_array_equal(metrics['targets'], targets[..., 0])
+  assert metrics['predictions'].shape == (d, 8)
+
+
 def _tiny_config(tmp, name, **overrides):
   fields = dict(
       run_dir=str(tmp / name), synthetic_rows=300, synthetic_seed=3,
