@@ -8,6 +8,7 @@ of every process.
 """
 
 import collections
+import contextlib
 import itertools
 from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
@@ -64,25 +65,28 @@ def init_train_state(model_config: EnformerConfig,
   return init(rng)
 
 
-def set_compute_dtype(compute_dtype: Any) -> None:
-  """Mixed precision for GPU/TPU: float32 params, `compute_dtype` activations.
+@contextlib.contextmanager
+def mixed_precision(compute_dtype: Any) -> Iterator[None]:
+  """Within: float32 params, `compute_dtype` activations (GPU/TPU mixed precision).
 
   BatchNorm and LayerNorm keep float32 (their statistics lose too much in bfloat16).
-  Haiku's policies are global, keyed by module class.
+  Haiku's policies are global, keyed by module class, so they are pushed only while a
+  step is traced: steps of different dtypes built in one process (and any `init` or
+  `predict_fn` between them) never see each other's policy.
   """
   compute = jnp.dtype(compute_dtype)
   if compute == jnp.float32:
-    for module in (enformer.Enformer, hk.BatchNorm, hk.LayerNorm):
-      hk.mixed_precision.clear_policy(module)
+    yield
     return
   policy = jmp.Policy(param_dtype=jnp.float32, compute_dtype=compute,
                       output_dtype=jnp.float32)
   # Normalise in float32, hand `compute` on to the next layer (as Haiku's ImageNet
   # example does): a float32 output would meet bfloat16 weights in the next conv.
   full = jmp.get_policy('float32').with_output_dtype(compute)
-  hk.mixed_precision.set_policy(enformer.Enformer, policy)
-  hk.mixed_precision.set_policy(hk.BatchNorm, full)
-  hk.mixed_precision.set_policy(hk.LayerNorm, full)
+  with hk.mixed_precision.push_policy(enformer.Enformer, policy), \
+      hk.mixed_precision.push_policy(hk.BatchNorm, full), \
+      hk.mixed_precision.push_policy(hk.LayerNorm, full):
+    yield
 
 
 def _regression_metrics(predictions, targets, loss):
@@ -109,11 +113,11 @@ def make_train_step(model_config: EnformerConfig,
   over an epoch as Keras reports them (the host batch may be gone by then, see
   `prefetch_to_device`).
   """
-  set_compute_dtype(compute_dtype)
   model = make_model(model_config, cross_replica_axis=axis_name)
 
   def loss_fn(params, state, rng, inputs, targets):
-    outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
+    with mixed_precision(compute_dtype):
+      outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
     predictions = outputs[head].astype(jnp.float32)
     loss = poisson_loss(predictions, targets)
     return loss, (new_state, predictions)
@@ -154,12 +158,12 @@ def make_eval_step(model_config: EnformerConfig,
 
   Eval mode: BatchNorm uses its moving averages, dropout is off.
   """
-  set_compute_dtype(compute_dtype)
   model = make_model(model_config)
 
   def eval_step(params, state, inputs):
-    outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
-                             is_training=False)
+    with mixed_precision(compute_dtype):
+      outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
+                               is_training=False)
     return outputs[head].astype(jnp.float32)[..., 0]
 
   return jax.pmap(eval_step, axis_name=axis_name)
