@@ -301,6 +301,11 @@ def load_checkpoint(path: str, opt_state_template: Any = None) -> Checkpoint:
   path = os.fspath(path)
   if not os.path.exists(path):
     raise CheckpointError(f'{path}: no such checkpoint file')
+  # np.load falls back to unpickling anything that is not a zip (and then blames
+  # "pickled data"), so tell a truncated or foreign file apart first.
+  if not zipfile.is_zipfile(path):
+    raise CheckpointError(f'{path}: not a readable checkpoint: not a zip archive '
+                          '(truncated, empty, or another kind of file)')
   try:
     with np.load(path, allow_pickle=False) as npz:
       # Reading every member checks each one's CRC: a corrupt file fails here.

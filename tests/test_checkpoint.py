@@ -169,6 +169,13 @@ def test_damaged_file_raises_checkpoint_error_naming_it(tmp_path, damage):
   assert str(path) in str(info.value)
 
 
+def test_a_text_file_is_reported_as_not_a_zip_archive(tmp_path):
+  path = tmp_path / 'notes.npz'
+  path.write_text('epoch 3 looked best\n')
+  with pytest.raises(checkpoint.CheckpointError, match='notes.npz.*not a zip archive'):
+    checkpoint.load_checkpoint(path)
+
+
 def test_npz_without_metadata_is_not_a_checkpoint(tmp_path):
   path = tmp_path / 'other.npz'
   np.savez(path, x=np.zeros(3))
