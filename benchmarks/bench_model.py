@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -71,6 +70,14 @@ def _peak_memory_bytes(device):
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'host peak RSS'
 
 
+def _random_host_batch(rng, batch, n, input_length, input_dtype):
+  """Random one-hot inputs and targets, as host arrays [n, batch // n, ...]."""
+  import numpy as np
+  return {'inputs': np.eye(4, dtype=input_dtype)[
+              rng.integers(0, 4, (n, batch // n, input_length))],
+          'targets': rng.uniform(0, 17, (n, batch // n, 1)).astype(np.float32)}
+
+
 def _host_batches(batch, n, input_length, input_dtype):
   """(endless iterator of host batches [n, batch // n, ...], description)."""
   import numpy as np
@@ -78,18 +85,18 @@ def _host_batches(batch, n, input_length, input_dtype):
     from enformer_small import dataset
   except ImportError:  # No TensorFlow: pre-built batches, cycled.
     rng = np.random.default_rng(0)
-    ring = [{'inputs': np.eye(4, dtype=input_dtype)[
-                 rng.integers(0, 4, (n, batch // n, input_length))],
-             'targets': rng.uniform(0, 17, (n, batch // n, 1)).astype(np.float32)}
+    ring = [_random_host_batch(rng, batch, n, input_length, input_dtype)
             for _ in range(4)]
     return itertools.cycle(ring), 'ring of 4 host batches (no TensorFlow)'
   from enformer_small import checkpoint
+  from enformer_small import dream_data
   from enformer_small import synthetic
   rows = synthetic.generate(synthetic.SyntheticConfig(num_rows=FEED_ROWS, seed=0))
-  data = types.SimpleNamespace(codes=rows.codes(), expression=rows.expression)
+  data = dream_data.DreamData(codes=rows.codes(), expression=rows.expression,
+                              lengths=rows.lengths, source='synthetic')
   crop_start = checkpoint.default_crop_start(input_length)
-  shifts = tuple(s for s in (-1, 0, 1)
-                 if 0 <= crop_start + s and crop_start + s + input_length <= 110)
+  shifts = tuple(s for s in (-1, 0, 1) if 0 <= crop_start + s and
+                 crop_start + s + input_length <= dream_data.SEQUENCE_LENGTH)
   config = dataset.PipelineConfig(crop_start=crop_start, crop_length=input_length,
                                   shifts=shifts, one_hot_dtype=np.dtype(input_dtype).name)
   batches = dataset.train_batches_repeated(
@@ -105,24 +112,22 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype)
   import numpy as np
   from enformer_small import config as config_lib
   from enformer_small import training
+  from experiments import train as train_lib
 
   model_config = config_lib.seed_config(input_length)
   compute_dtype = jnp.dtype(dtype)
-  input_dtype = np.dtype(input_dtype)
+  input_dtype = np.dtype(input_dtype or train_lib.INPUT_DTYPE)
   optimizer = training.make_optimizer()
   train_state = training.replicate(
       training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0)))
   n = jax.local_device_count()
-  rng = np.random.default_rng(0)
-  codes = rng.integers(0, 4, (n, batch // n, input_length))
-  device_batch = training.shard_batch({
-      'inputs': np.eye(4, dtype=input_dtype)[codes],
-      'targets': rng.uniform(0, 17, (n, batch // n, 1)).astype(np.float32),
-  })
+  device_batch = training.shard_batch(_random_host_batch(
+      np.random.default_rng(0), batch, n, input_length, input_dtype))
   feed = None
   if mode in ('feed', 'fed'):
     host_batches, feed = _host_batches(batch, n, input_length, input_dtype)
-    device_batches = training.prefetch_to_device(host_batches, size=2)
+    device_batches = training.prefetch_to_device(host_batches,
+                                                train_lib.DEVICE_PREFETCH)
 
   if mode == 'forward':
     step = training.make_eval_step(model_config, compute_dtype=compute_dtype)
@@ -202,9 +207,9 @@ def main():
   parser.add_argument('--min_seconds', type=float, default=3.0,
                       help='each repeat runs whole steps for at least this long')
   parser.add_argument('--input_length', type=int, default=85)
-  parser.add_argument('--input_dtype', default='uint8',
-                      help='dtype of the one-hot inputs sent to the device (train.py: '
-                      'uint8)')
+  parser.add_argument('--input_dtype', default='',
+                      help='dtype of the one-hot inputs sent to the device (default: '
+                      "experiments/train.py's INPUT_DTYPE)")
   parser.add_argument('--peak_gflops', type=float, default=None,
                       help='the device peak, to print the share reached (default: '
                       'known GPUs only)')
@@ -247,7 +252,8 @@ def main():
               f"{r['flops_per_seq'] / 1e6:9.1f} {r['flop_s'] / 1e9:8.1f} {share} {epoch} "
               f"{r['peak_gb']:8.2f}  {r['device']} x{r['devices']} ({r['peak_kind']}"
               f"{'; feed: ' + r['feed'] if r['feed'] else ''})", flush=True)
-  print(f'inputs sent as {args.input_dtype} one-hot; epoch s: {SEED_EPOCH_SEQUENCES:,} '
+  sent = ', '.join(sorted({r['input_dtype'] for r in results})) or '-'
+  print(f'inputs sent as {sent} one-hot; epoch s: {SEED_EPOCH_SEQUENCES:,} '
         'sequences at that rate (train, feed, fed)')
   if args.json_out:
     with open(args.json_out, 'w') as f:
