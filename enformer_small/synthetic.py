@@ -704,8 +704,13 @@ def _background_lut() -> np.ndarray:
   return np.repeat(np.arange(4, dtype=np.uint8), _BACKGROUND_256THS)
 
 
-def _plant(rng, codes, lengths, motif: Motif, prob: float) -> None:
-  """Writes PWM-sampled instances of `motif` into a random `prob` share of rows."""
+def _plant(rng, codes, lengths, motif: Motif, prob: float
+           ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+  """Writes PWM-sampled instances of `motif` into a random `prob` share of rows.
+
+  Returns:
+    (rows, starts, reverse, instances [k, width] codes) of what was written, or None.
+  """
   n = codes.shape[0]
   width = motif.width
   rows = np.flatnonzero(rng.random(n) < prob)
@@ -714,13 +719,14 @@ def _plant(rng, codes, lengths, motif: Motif, prob: float) -> None:
   fits = lengths[rows] >= width
   rows, u_pos, u_strand, u_bases = rows[fits], u_pos[fits], u_strand[fits], u_bases[fits]
   if rows.size == 0:
-    return
+    return None
   probs = pwm(motif)
   instance = (u_bases[:, :, None] > np.cumsum(probs, axis=1)[None, :, :-1]).sum(axis=2)
   reverse = u_strand < 0.5
   instance[reverse] = 3 - instance[reverse, ::-1]
   start = (u_pos * (lengths[rows] - width + 1)).astype(np.int64)
   codes[rows[:, None], start[:, None] + np.arange(width)] = instance.astype(np.uint8)
+  return rows, start, reverse, instance.astype(np.uint8)
 
 
 def _add_n_runs(rng, codes, lengths, share) -> None:
@@ -746,17 +752,25 @@ def _generate_block(config: SyntheticConfig, block_index: int) -> SyntheticRows:
   return _generate_block_rows(config, block_index, n)
 
 
-def _generate_block_rows(config: SyntheticConfig, block_index: int, n: int) -> SyntheticRows:
-  """The first n rows of block `block_index` (always drawn as a full block's streams)."""
+def _generate_block_rows(config: SyntheticConfig, block_index: int, n: int,
+                         sites: Optional[list] = None) -> SyntheticRows:
+  """The first n rows of block `block_index` (always drawn as a full block's streams).
+
+  `sites`, when given, receives one `PlantedSites` of the block's first n rows
+  (recording draws no random numbers, so the rows are the same either way).
+  """
   rng = _block_rng(config.seed, block_index)
   full = config.block_rows
   lengths = _sample_lengths(rng, full, config.length_variant_share)
   width = int(lengths.max())
   codes = _background_lut()[rng.integers(0, 256, size=(full, width), dtype=np.uint8)]
-  for motif in config.model.motifs:
-    _plant(rng, codes, lengths, motif, min(1.0, motif.plant_prob * config.plant_scale))
+  planted = [_plant(rng, codes, lengths, motif,
+                    min(1.0, motif.plant_prob * config.plant_scale))
+             for motif in config.model.motifs]
   _add_n_runs(rng, codes, lengths, config.n_row_share)
   codes[np.arange(width) >= lengths[:, None]] = PAD_CODE
+  if sites is not None:
+    sites.append(_surviving_sites(codes, planted, n))
   noise = rng.standard_normal(full)
   integer = rng.random(full) < config.integer_share
 
@@ -770,6 +784,103 @@ def _generate_block_rows(config: SyntheticConfig, block_index: int, n: int) -> S
   scale = 10 ** config.decimals
   expression = np.rint(measured * scale) / scale
   return SyntheticRows(codes, lengths, expression, noise_free, config.decimals)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantedSites:
+  """Motif instances the generator planted, one entry per instance, in planting order.
+
+  Attributes:
+    row: int64 [k], row number (counted from the `start` given to `planted_sites`).
+    motif: int64 [k], index into `config.model.motifs`.
+    start: int64 [k], first base of the instance in the random region (0-based; add
+      len(FLANK_5) for the full sequence).
+    reverse: bool [k], planted on the reverse strand.
+    intact: bool [k], the final sequence still holds every planted base (later plants
+      and N runs may overwrite part of an instance).
+  """
+  row: np.ndarray
+  motif: np.ndarray
+  start: np.ndarray
+  reverse: np.ndarray
+  intact: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.row.shape[0])
+
+  def motif_map(self, num_rows: int, width: int, model: 'ExpressionModel' = None,
+                intact_only: bool = True, informative_only: bool = True) -> np.ndarray:
+    """int64 [num_rows, width]: the motif index planted at each random-region position,
+    -1 where none (where instances overlap, the later one).
+
+    Args:
+      num_rows, width: shape of the map (rows as numbered here, random-region bases).
+      model: the expression model the sites were planted from (default: the default).
+      intact_only: leave out instances that were partly overwritten.
+      informative_only: leave out an instance's uniform (N) columns, which carry no
+        information about the factor (e.g. the 5 middle bases of Abf1's RTCRYNNNNNACG).
+    """
+    model = ExpressionModel() if model is None else model
+    out = np.full((num_rows, width), -1, np.int64)
+    for i in np.flatnonzero(self.intact if intact_only else np.ones(len(self), bool)):
+      motif = model.motifs[int(self.motif[i])]
+      columns = np.arange(motif.width)
+      if informative_only:
+        columns = np.array(_informative_columns(pwm(motif)), np.int64)
+        if self.reverse[i]:
+          columns = motif.width - 1 - columns
+      out[self.row[i], self.start[i] + columns] = self.motif[i]
+    return out
+
+  def mask(self, num_rows: int, width: int, model: 'ExpressionModel' = None,
+           **kwargs) -> np.ndarray:
+    """bool [num_rows, width]: positions covered by planted instances (see motif_map)."""
+    return self.motif_map(num_rows, width, model, **kwargs) >= 0
+
+
+def _surviving_sites(codes: np.ndarray, planted: Sequence, n: int) -> PlantedSites:
+  """The instances of `planted` (from `_plant`, per motif) in rows < n, checked against
+  the final codes."""
+  fields = []
+  for m, found in enumerate(planted):
+    if found is None:
+      continue
+    rows, start, reverse, instance = found
+    keep = rows < n
+    rows, start, reverse, instance = rows[keep], start[keep], reverse[keep], instance[keep]
+    now = codes[rows[:, None], start[:, None] + np.arange(instance.shape[1])]
+    fields.append((rows, np.full(rows.size, m), start, reverse, (now == instance).all(1)))
+  if not fields:
+    return PlantedSites(*(np.zeros(0, np.int64),) * 3, np.zeros(0, bool), np.zeros(0, bool))
+  row, motif, start, reverse, intact = (np.concatenate(f) for f in zip(*fields))
+  return PlantedSites(row.astype(np.int64), motif.astype(np.int64), start.astype(np.int64),
+                      reverse, intact)
+
+
+def planted_sites(config: SyntheticConfig, start: int = 0,
+                  stop: Optional[int] = None) -> PlantedSites:
+  """The motif instances planted in rows [start, stop) of the data set `config` defines.
+
+  Regenerates the rows (as `generate` does, with the same result) and records what
+  `_plant` wrote; rows are numbered from `start`. The expression model never looks at
+  this record, only at the final sequence.
+  """
+  stop = config.num_rows if stop is None else min(stop, config.num_rows)
+  if not 0 <= start <= stop:
+    raise ValueError(f'need 0 <= start <= stop, got {start}, {stop}')
+  parts = []
+  for block in range(start // config.block_rows, -(-stop // config.block_rows)):
+    first = block * config.block_rows
+    found = []
+    _generate_block_rows(config, block, min(config.block_rows, stop - first), found)
+    sites = found[0]
+    keep = sites.row >= start - first
+    parts.append(PlantedSites(sites.row[keep] + first - start, sites.motif[keep],
+                              sites.start[keep], sites.reverse[keep], sites.intact[keep]))
+  if not parts:
+    return PlantedSites(*(np.zeros(0, np.int64),) * 3, np.zeros(0, bool), np.zeros(0, bool))
+  fields = [(p.row, p.motif, p.start, p.reverse, p.intact) for p in parts]
+  return PlantedSites(*(np.concatenate(f) for f in zip(*fields)))
 
 
 def _concat(parts: Sequence[SyntheticRows], decimals: int) -> SyntheticRows:

@@ -1,0 +1,260 @@
+"""Predicted effects of sequence edits: pairs of sequences and tables of edits.
+
+An effect is prediction(alt) - prediction(ref) of an eval-mode `attribution.Scorer`
+(reverse-complement averaging is a property of the scorer). Sequences are encoded as
+the model was trained: the DREAM 110 bp encoding (A/C/G/T any case -> 0..3, any other
+letter an N column, the end truncated or padded with N to 110 bp) and then the model's
+window [start, start + L) of it (`Window`, from the checkpoint). Each distinct window is
+predicted once, however many pairs share it (e.g. the SNVs of one reference).
+
+Inputs (plain or gzip, tab-separated, no quoting; lines starting with '#' and a first
+line naming the columns are skipped; every other line must parse, and a bad one is an
+error naming the file and the line):
+
+  pairs   `ref_sequence<TAB>alt_sequence`, or `name<TAB>ref_sequence<TAB>alt_sequence`
+          (any edit: the two sequences may differ anywhere, in any length).
+  edits   `sequence<TAB>position<TAB>ref<TAB>alt`: position is 1-based in the sequence
+          as written (VCF's convention), ref the bases expected there (checked: a
+          mismatch is an error), alt what replaces them; `-` is the empty string, so
+          `5 - T` inserts T before base 5 and `5 AC -` deletes bases 5-6.
+
+VCF and FASTA reference input is not offered: the model reads 80 bp random inserts in a
+fixed plasmid context (the DREAM constructs), and a genomic variant has no such
+construct until a window and flanks are chosen, which is an experiment design, not a
+file format. A VCF whose CHROM names a sequence converts to the edits table with
+`bcftools query -f '%CHROM\\t%POS\\t%REF\\t%ALT\\n'` and a lookup of the sequence.
+"""
+
+import dataclasses
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from enformer_small import attribution
+from enformer_small import dream_data
+from enformer_small import textfiles
+
+EDIT_COLUMNS = ('sequence', 'position', 'ref', 'alt')
+PAIR_COLUMNS = ('ref_sequence', 'alt_sequence')
+EMPTY = '-'
+
+
+class VariantInputError(ValueError):
+  """A pairs or edits file that cannot be used; the message names the file (and line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """Where a model reads the 110 bp DREAM encoding: positions [start, start + length)."""
+  start: int
+  length: int
+
+  @classmethod
+  def of_checkpoint(cls, ckpt) -> 'Window':
+    """The window `ckpt` (a `checkpoint.Checkpoint`) was trained on."""
+    return cls(ckpt.crop_start, ckpt.model_config.input_length)
+
+  def codes(self, sequences: Sequence[str]) -> np.ndarray:
+    """uint8 [N, length]: the window of each sequence's DREAM encoding."""
+    if self.start < 0 or self.start + self.length > dream_data.SEQUENCE_LENGTH:
+      raise ValueError(f'window [{self.start}, {self.start + self.length}) outside the '
+                       f'{dream_data.SEQUENCE_LENGTH} bp encoding')
+    encoded = dream_data.encode_sequences(list(sequences))
+    return np.ascontiguousarray(encoded[:, self.start:self.start + self.length])
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+  """One edit of one sequence (see the module docstring for the conventions)."""
+  sequence: str
+  position: int
+  ref: str
+  alt: str
+
+  def apply(self) -> str:
+    """The edited sequence."""
+    at = self.position - 1
+    return self.sequence[:at] + self.alt + self.sequence[at + len(self.ref):]
+
+
+@dataclasses.dataclass(frozen=True)
+class Effects:
+  """Predictions of the ref and alt sequences, float32 [N, T] each (T: scorer targets).
+
+  window_changed: bool [N], whether the model's window differs between ref and alt
+  (an edit outside the window has effect 0 by construction).
+  """
+  ref: np.ndarray
+  alt: np.ndarray
+  window_changed: np.ndarray
+  targets: Tuple[str, ...]
+
+  @property
+  def effect(self) -> np.ndarray:
+    """float32 [N, T]: alt - ref."""
+    return self.alt - self.ref
+
+
+# ---------------------------------------------------------------------------
+# Prediction.
+
+
+def predict_sequences(scorer: attribution.Scorer, sequences: Sequence[str],
+                      window: Window, *, batch_size: int = 256,
+                      progress: attribution.Progress = None) -> np.ndarray:
+  """float32 [N, T]: eval-mode predictions, each distinct window predicted once."""
+  codes = window.codes(sequences)
+  if codes.shape[0] == 0:
+    return np.zeros((0, len(scorer.targets)), np.float32)
+  unique, inverse = np.unique(codes, axis=0, return_inverse=True)
+  return attribution.predict_codes(scorer, unique, batch_size=batch_size,
+                                   progress=progress)[inverse.reshape(-1)]
+
+
+def pair_effects(scorer: attribution.Scorer, refs: Sequence[str], alts: Sequence[str],
+                 window: Window, *, batch_size: int = 256,
+                 progress: attribution.Progress = None) -> Effects:
+  """Effects alt - ref of N pairs of sequences (any edit)."""
+  if len(refs) != len(alts):
+    raise ValueError(f'{len(refs)} ref and {len(alts)} alt sequences')
+  both = predict_sequences(scorer, list(refs) + list(alts), window,
+                           batch_size=batch_size, progress=progress)
+  n = len(refs)
+  changed = (window.codes(refs) != window.codes(alts)).any(axis=1)
+  return Effects(both[:n], both[n:], changed, scorer.targets)
+
+
+def edit_effects(scorer: attribution.Scorer, edits: Sequence[Edit], window: Window,
+                 *, batch_size: int = 256,
+                 progress: attribution.Progress = None) -> Effects:
+  """Effects of edits: each edited sequence against its unedited one."""
+  return pair_effects(scorer, [e.sequence for e in edits], [e.apply() for e in edits],
+                      window, batch_size=batch_size, progress=progress)
+
+
+# ---------------------------------------------------------------------------
+# Reading.
+
+
+def _is_sequence(text: str) -> bool:
+  return bool(text) and text.isascii() and text.isalpha()
+
+
+def _data_lines(path: str, columns: Tuple[str, ...]) -> List[Tuple[int, List[str]]]:
+  """(line number, fields) of every data line; comments and a header line dropped."""
+  if not os.path.exists(path):
+    raise VariantInputError(f'{path}: no such file')
+  try:
+    text = textfiles.read_bytes(path).decode('utf-8-sig')
+  except (OSError, UnicodeDecodeError, textfiles.CorruptGzipError) as e:
+    raise VariantInputError(f'{path}: cannot read: {e}') from e
+  rows = []
+  for number, line in enumerate(textfiles.split_lines(text), start=1):
+    if line.startswith('#'):
+      continue
+    fields = [f.strip() for f in line.split('\t')]
+    named = [f.lower() for f in fields[-len(columns):]]
+    if not rows and tuple(named) == columns:
+      continue
+    rows.append((number, fields))
+  if not rows:
+    raise VariantInputError(f'{path}: no data lines')
+  return rows
+
+
+def _check_sequence(path: str, number: int, what: str, text: str) -> str:
+  if not _is_sequence(text):
+    raise VariantInputError(f'{path}:{number}: {what} {text[:40]!r} is not a sequence '
+                            '(letters only, e.g. ACGTN)')
+  return text
+
+
+def read_pairs(path: str) -> Tuple[List[str], List[str], List[str]]:
+  """(names, refs, alts) of a pairs file; names are the line numbers when not given."""
+  names, refs, alts = [], [], []
+  width = None
+  for number, fields in _data_lines(path, PAIR_COLUMNS):
+    if len(fields) not in (2, 3) or (width and len(fields) != width):
+      raise VariantInputError(
+          f'{path}:{number}: expected "[name<TAB>]ref_sequence<TAB>alt_sequence"'
+          + (f' with {width} fields as the first line' if width else '')
+          + f', got {len(fields)} field(s)')
+    width = len(fields)
+    names.append(fields[0] if width == 3 else str(number))
+    refs.append(_check_sequence(path, number, 'ref sequence', fields[-2]))
+    alts.append(_check_sequence(path, number, 'alt sequence', fields[-1]))
+  return names, refs, alts
+
+
+def parse_edit(path: str, number: int, fields: Sequence[str]) -> Edit:
+  """One checked edit from the fields of line `number` of `path`."""
+  if len(fields) != 4:
+    raise VariantInputError(f'{path}:{number}: expected "sequence<TAB>position<TAB>ref'
+                            f'<TAB>alt", got {len(fields)} field(s)')
+  sequence, position, ref, alt = fields
+  _check_sequence(path, number, 'sequence', sequence)
+  try:
+    position = int(position)
+  except ValueError:
+    raise VariantInputError(f'{path}:{number}: position {position!r} is not a whole '
+                            'number') from None
+  ref, alt = ('' if a == EMPTY else a for a in (ref, alt))
+  for what, value in (('ref', ref), ('alt', alt)):
+    if value and not _is_sequence(value):
+      raise VariantInputError(f'{path}:{number}: {what} {value!r} is not bases or '
+                              f'{EMPTY!r}')
+  if not ref and not alt:
+    raise VariantInputError(f'{path}:{number}: ref and alt are both empty')
+  last = len(sequence) + (1 if not ref else 0)
+  if not 1 <= position <= last or position - 1 + len(ref) > len(sequence):
+    raise VariantInputError(f'{path}:{number}: position {position} (ref {ref or EMPTY}) '
+                            f'outside the {len(sequence)} bp sequence')
+  found = sequence[position - 1:position - 1 + len(ref)]
+  if found.upper() != ref.upper():
+    raise VariantInputError(f'{path}:{number}: ref {ref!r} does not match the sequence, '
+                            f'which has {found!r} at position {position}')
+  return Edit(sequence, position, ref, alt)
+
+
+def read_edits(path: str) -> List[Edit]:
+  """The checked edits of an edits file."""
+  return [parse_edit(path, number, fields)
+          for number, fields in _data_lines(path, EDIT_COLUMNS)]
+
+
+def read_sequences(path: str) -> Tuple[List[str], List[str]]:
+  """(names, sequences) of a FASTA file, or of a file with one `sequence[<TAB>...]` per
+  line (plain sequences, DREAM files; columns after the first are ignored).
+
+  FASTA when the first line starts with '>'; a record's sequence may span lines. Names
+  are the FASTA titles (up to the first space), else the line numbers.
+  """
+  if not os.path.exists(path):
+    raise VariantInputError(f'{path}: no such file')
+  try:
+    lines = textfiles.split_lines(textfiles.read_bytes(path).decode('utf-8-sig'))
+  except (OSError, UnicodeDecodeError, textfiles.CorruptGzipError) as e:
+    raise VariantInputError(f'{path}: cannot read: {e}') from e
+  if not lines:
+    raise VariantInputError(f'{path}: empty file')
+  names, sequences = [], []
+  fasta = lines[0].startswith('>')
+  for number, line in enumerate(lines, start=1):
+    if fasta and line.startswith('>'):
+      names.append(line[1:].split()[0] if line[1:].strip() else str(number))
+      sequences.append('')
+      continue
+    text = line.strip() if fasta else line.split('\t')[0].strip()
+    if fasta and not text:
+      continue
+    _check_sequence(path, number, 'sequence', text)
+    if fasta:
+      sequences[-1] += text
+    else:
+      names.append(str(number))
+      sequences.append(text)
+  empty = [name for name, seq in zip(names, sequences) if not seq]
+  if empty:
+    raise VariantInputError(f'{path}: FASTA record {empty[0]!r} has no sequence')
+  return names, sequences
