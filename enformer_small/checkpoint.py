@@ -99,7 +99,11 @@ class Checkpoint:
     rng: uint32 key data of the training RNG, or None.
     epoch: completed epochs; step: completed train steps.
     metrics: per-epoch metric dicts so far.
-    extra: anything else the writer recorded (training flags, crop_start, ...).
+    extra: anything else the writer recorded (training flags, crop_start, the
+      recipe, ...).
+    train_params, train_state: the parameters and BatchNorm state training goes on
+      from, where they differ from `params` / `state` (what is evaluated: e.g. a
+      Polyak average of the parameters, re-estimated BatchNorm averages); else None.
   """
   path: str
   params: Dict[str, Dict[str, np.ndarray]]
@@ -111,13 +115,29 @@ class Checkpoint:
   step: int = 0
   metrics: Tuple[Dict[str, Any], ...] = ()
   extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  train_params: Optional[Dict[str, Dict[str, np.ndarray]]] = None
+  train_state: Optional[Dict[str, Dict[str, np.ndarray]]] = None
 
   @property
   def crop_start(self) -> int:
-    """First position of the model's window in the 110 bp encoding."""
+    """First position of the model's window in the 110 bp encoding.
+
+    With a plasmid context (`plasmid_context` > 0) it counts in the rows extended by
+    that many plasmid bases on each side (`plasmid.add_context`).
+    """
     if 'crop_start' in self.extra:
       return int(self.extra['crop_start'])
     return default_crop_start(self.model_config.input_length)
+
+  @property
+  def plasmid_context(self) -> int:
+    """Plasmid bases the model's rows carry on each side of the construct (0: none)."""
+    return int(self.extra.get('plasmid_context', 0))
+
+  @property
+  def recipe(self) -> Dict[str, Any]:
+    """The training recipe's fields as recorded (empty for converted checkpoints)."""
+    return dict(self.extra.get('recipe') or {})
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +258,8 @@ def atomic_write(path: str, write) -> None:
 def save_checkpoint(path: str, *, params: Any, state: Any, model_config: EnformerConfig,
                     opt_state: Any = None, rng: Any = None, epoch: int = 0,
                     step: int = 0, metrics: Sequence[Mapping[str, Any]] = (),
-                    extra: Optional[Mapping[str, Any]] = None) -> str:
+                    extra: Optional[Mapping[str, Any]] = None,
+                    train_params: Any = None, train_state: Any = None) -> str:
   """Writes a checkpoint atomically; returns `path`.
 
   Args:
@@ -251,12 +272,19 @@ def save_checkpoint(path: str, *, params: Any, state: Any, model_config: Enforme
     epoch, step: completed epochs and train steps.
     metrics: per-epoch metric dicts (JSON-serialisable).
     extra: JSON-serialisable extras (training flags, crop_start, ...).
+    train_params, train_state: what training continues from when it is not
+      `params` / `state` (see `Checkpoint`), or None.
   Raises:
     CheckpointError: metadata that is not JSON-serialisable, or the write failed.
   """
   arrays, param_names = _flatten_haiku(_to_host(params), 'params')
   state_arrays, state_names = _flatten_haiku(_to_host(state), 'state')
   arrays.update(state_arrays)
+  resume_names = {}
+  for prefix, tree in (('train_params', train_params), ('train_state', train_state)):
+    if tree is not None:
+      tree_arrays, resume_names[prefix] = _flatten_haiku(_to_host(tree), prefix)
+      arrays.update(tree_arrays)
   opt_names = None
   if opt_state is not None:
     opt_arrays, opt_names = _flatten_opt_state(_to_host(opt_state))
@@ -269,7 +297,8 @@ def save_checkpoint(path: str, *, params: Any, state: Any, model_config: Enforme
       model_config=model_config_to_dict(model_config),
       epoch=int(epoch), step=int(step),
       metrics=list(metrics), extra=dict(extra or {}),
-      names=dict(params=param_names, state=state_names, opt_state=opt_names))
+      names=dict(params=param_names, state=state_names, opt_state=opt_names,
+                 **resume_names))
   try:
     text = json.dumps(metadata, allow_nan=True)
   except (TypeError, ValueError) as e:
@@ -329,6 +358,9 @@ def load_checkpoint(path: str, opt_state_template: Any = None) -> Checkpoint:
     params = _unflatten_haiku(arrays, names['params'], 'params')
     state = _unflatten_haiku(arrays, names['state'], 'state')
     model_config = model_config_from_dict(metadata['model_config'])
+    resume_trees = {prefix: (_unflatten_haiku(arrays, names[prefix], prefix)
+                             if names.get(prefix) is not None else None)
+                    for prefix in ('train_params', 'train_state')}
     opt_state = None
     if names.get('opt_state') is not None:
       leaves = [arrays[f'opt_state/{i}'] for i in range(len(names['opt_state']))]
@@ -344,7 +376,7 @@ def load_checkpoint(path: str, opt_state_template: Any = None) -> Checkpoint:
       path=path, params=params, state=state, model_config=model_config,
       opt_state=opt_state, rng=arrays.get('rng'), epoch=int(metadata['epoch']),
       step=int(metadata['step']), metrics=tuple(metadata.get('metrics', ())),
-      extra=dict(metadata.get('extra') or {}))
+      extra=dict(metadata.get('extra') or {}), **resume_trees)
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,9 @@ RELATIVE_POSITION_FUNCTIONS = (
 )
 
 
+HEAD_KINDS = ('softplus', 'soft_bins')
+
+
 @dataclasses.dataclass(frozen=True)
 class EnformerConfig:
   """Hyperparameters of `enformer.Enformer`.
@@ -63,10 +66,18 @@ class EnformerConfig:
   # Heads: [Flatten ->] Linear(num_channels) -> softplus.
   head_flatten: bool = False
   head_linear_name: Optional[str] = None  # Sonnet's default name when None
+  # 'softplus': the heads above (the seed's and DeepMind's). 'soft_bins': no softplus,
+  # the head's channels are the logits of expression bins 0..n-1 (LegNet's soft-bin
+  # targets, `recipe.soft_bin_loss`); the prediction is their expectation.
+  head_kind: str = 'softplus'
 
   # BatchNorm moving averages (Sonnet ExponentialMovingAverage(0.9), zero-debiased).
   batch_norm_decay: float = 0.9
   batch_norm_eps: float = 1e-5
+
+  def __post_init__(self):
+    if self.head_kind not in HEAD_KINDS:
+      raise ValueError(f'head_kind must be one of {HEAD_KINDS}, got {self.head_kind!r}')
 
   @property
   def value_size(self) -> int:
@@ -83,6 +94,17 @@ class EnformerConfig:
   @property
   def head_channels(self) -> Mapping[str, int]:
     return dict(self.heads)
+
+  def with_soft_bin_head(self, num_bins: int = 18) -> 'EnformerConfig':
+    """Every head replaced by `num_bins` soft-bin logits (`head_kind='soft_bins'`).
+
+    The seed's head is Linear(576 -> 1) at 85 bp (768 -> 1 at 110 bp); 18 bins make it
+    Linear(576 -> 18): 1,995,617 + 17 x 577 = 2,005,426 parameters at 85 bp, and
+    1,995,809 + 17 x 769 = 2,008,882 at 110 bp.
+    """
+    return dataclasses.replace(
+        self, heads=tuple((name, num_bins) for name, _ in self.heads),
+        head_kind='soft_bins')
 
   def without_dropout(self) -> 'EnformerConfig':
     """The same model with every dropout rate zero (training-mode BatchNorm only)."""

@@ -14,6 +14,9 @@ crop_length]` for a shift s in `config.shifts`, by default [15+s : 100+s] with s
 in {-1, 0, +1}. One-hot columns are A, C, G, T; code 4 (N / padding) is an
 all-zero column.
 
+Plasmid context (`with_plasmid_context`): rows extended on both sides with the
+real plasmid around the construct, so that windows may reach beyond the 110 bp.
+
 Training order. Everything random in an epoch is drawn in numpy from
 `SeedSequence([seed, epoch])` (independent child streams for the permutation,
 the shifts and the reverse-complement flags), so it depends on nothing but
@@ -63,6 +66,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from enformer_small import plasmid
 from enformer_small.dream_data import PAD_CODE
 
 # The pipeline runs on the host. A TensorFlow built with GPU support would otherwise
@@ -138,6 +142,26 @@ class PipelineConfig:
   def examples_per_row(self) -> int:
     """Training examples per row per epoch."""
     return len(self.shifts) if self.shift_mode == 'expand' else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """Codes and expression, the part of `DreamData` the pipeline reads."""
+  codes: np.ndarray
+  expression: Optional[np.ndarray]
+
+
+def with_plasmid_context(data: Any, context: int) -> Any:
+  """`data` with `context` plasmid bases on each side of every row.
+
+  Rows become [plasmid, construct, plasmid] (`plasmid.add_context`), 110 + 2 x
+  context codes long; window starts then count from the first plasmid base, so the
+  seed's window [15:100] is [context + 15 : context + 100]. context 0 returns `data`.
+  """
+  if context == 0:
+    return data
+  return Rows(codes=plasmid.add_context(data.codes, context),
+              expression=data.expression)
 
 
 # ---------------------------------------------------------------------------

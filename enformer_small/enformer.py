@@ -9,7 +9,7 @@ Mirrors DeepMind's `enformer/enformer.py` module for module, with the same names
   │   ├── transformer: transformer_block_i: Residual(mha) -> Residual(mlp)
   │   ├── target_input: TargetLengthCrop1D
   │   └── final_pointwise: conv_block [-> MaxPool] -> Dropout -> GELU
-  └── head_<name>: [Flatten ->] Linear -> softplus
+  └── head_<name>: [Flatten ->] Linear -> softplus (soft-bin heads: the Linear's logits)
 
 What the seed changed (`config.seed_config()`): 192 channels, 4 transformer layers, max
 pooling (stride 1 in the stem), stem width 5, 4 tower blocks of width 4, Glorot conv
@@ -136,7 +136,7 @@ class Enformer(hk.Module):
       return Sequential(lambda: [
           flatten if c.head_flatten else None,
           hk.Linear(num_channels, name=c.head_linear_name),
-          jax.nn.softplus,
+          jax.nn.softplus if c.head_kind == 'softplus' else None,
       ], name=f'head_{head_name}')
 
     self._heads = {name: head(name, n) for name, n in c.heads}

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from enformer_small import enformer
+from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
 
 
@@ -41,13 +42,23 @@ def count_params(params: hk.Params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
+def head_predictions(config: EnformerConfig, output: jnp.ndarray) -> jnp.ndarray:
+  """A head's output [B, C] -> predictions [B, C] (soft-bin heads: [B, 1], the expectation)."""
+  if config.head_kind == 'soft_bins':
+    return recipe_lib.soft_bin_expectation(output)
+  return output
+
+
 def predict_fn(config: EnformerConfig, head: str = 'yeast'):
-  """jit-compiled eval-mode forward: (params, state, inputs [B, L, 4]) -> [B, ...]."""
+  """jit-compiled eval-mode forward: (params, state, inputs [B, L, 4]) -> [B, ...].
+
+  Predictions, not logits: a soft-bin head gives its expectation ([B, 1]).
+  """
   model = make_model(config)
 
   @jax.jit
   def predict(params, state, inputs):
     outputs, _ = model.apply(params, state, None, inputs.astype(jnp.float32),
                              is_training=False)
-    return outputs[head]
+    return head_predictions(config, outputs[head].astype(jnp.float32))
   return predict

@@ -9,6 +9,7 @@ of every process.
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
@@ -20,7 +21,9 @@ import numpy as np
 import optax
 
 from enformer_small import enformer
+from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
+from enformer_small import model as model_lib
 from enformer_small.model import make_model
 
 AXIS_NAME = 'devices'
@@ -101,7 +104,9 @@ def make_train_step(model_config: EnformerConfig,
                     axis_name: str = AXIS_NAME,
                     compute_dtype: Any = jnp.float32,
                     donate: bool = True,
-                    return_predictions: bool = False
+                    return_predictions: bool = False,
+                    loss: str = 'poisson',
+                    soft_bin_sigma: float = 0.5
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """A pmapped `train_step(train_state, batch) -> (train_state, metrics)`.
 
@@ -112,15 +117,20 @@ def make_train_step(model_config: EnformerConfig,
   (not averaged) and the targets they were scored against, for train correlations
   over an epoch as Keras reports them (the host batch may be gone by then, see
   `prefetch_to_device`).
+
+  loss: 'poisson' (the seed's), 'mse', or 'soft_bin' (KL against LegNet's soft-bin
+  targets of width `soft_bin_sigma`; needs a soft-bin head). Predictions are the
+  head's output, or for a soft-bin head the expectation over its bins.
   """
   model = make_model(model_config, cross_replica_axis=axis_name)
+  objective = _objective(model_config, loss, soft_bin_sigma)
 
   def loss_fn(params, state, rng, inputs, targets):
     with mixed_precision(compute_dtype):
       outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
-    predictions = outputs[head].astype(jnp.float32)
-    loss = poisson_loss(predictions, targets)
-    return loss, (new_state, predictions)
+    output = outputs[head].astype(jnp.float32)
+    predictions = model_lib.head_predictions(model_config, output)
+    return objective(output, predictions, targets), (new_state, output, predictions)
 
   def train_step(train_state: TrainState, batch: Batch):
     rng, step_rng = jax.random.split(train_state.rng)
@@ -128,13 +138,13 @@ def make_train_step(model_config: EnformerConfig,
     step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     inputs = batch['inputs'].astype(compute_dtype)
     targets = batch['targets'].astype(jnp.float32)
-    grads, (new_state, predictions) = jax.grad(loss_fn, has_aux=True)(
+    grads, (new_state, output, predictions) = jax.grad(loss_fn, has_aux=True)(
         train_state.params, train_state.state, step_rng, inputs, targets)
     grads = jax.lax.pmean(grads, axis_name)
     updates, opt_state = optimizer.update(grads, train_state.opt_state,
                                           train_state.params)
     params = optax.apply_updates(train_state.params, updates)
-    loss = poisson_loss(predictions, targets)
+    loss = objective(output, predictions, targets)
     metrics = jax.lax.pmean(_regression_metrics(predictions, targets, loss),
                             axis_name)
     if return_predictions:
@@ -146,6 +156,23 @@ def make_train_step(model_config: EnformerConfig,
 
   return jax.pmap(train_step, axis_name=axis_name,
                   donate_argnums=(0,) if donate else ())
+
+
+def _objective(model_config: EnformerConfig, loss: str, soft_bin_sigma: float):
+  """`objective(output, predictions, targets) -> scalar loss` for a loss name."""
+  soft = model_config.head_kind == 'soft_bins'
+  if (loss == 'soft_bin') != soft:
+    raise ValueError(f'loss {loss!r} does not fit head_kind {model_config.head_kind!r}: '
+                     "the soft_bin loss needs a soft-bin head and the other losses need "
+                     'a scalar one')
+  if loss == 'poisson':
+    return lambda output, predictions, targets: poisson_loss(predictions, targets)
+  if loss == 'mse':
+    return lambda output, predictions, targets: jnp.mean((predictions - targets)**2)
+  if loss == 'soft_bin':
+    return lambda output, predictions, targets: recipe_lib.soft_bin_loss(
+        output, targets, soft_bin_sigma)
+  raise ValueError(f'unknown loss {loss!r}; expected one of {recipe_lib.LOSSES}')
 
 
 def make_eval_step(model_config: EnformerConfig,
@@ -164,9 +191,60 @@ def make_eval_step(model_config: EnformerConfig,
     with mixed_precision(compute_dtype):
       outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
                                is_training=False)
-    return outputs[head].astype(jnp.float32)[..., 0]
+    return model_lib.head_predictions(model_config, outputs[head].astype(jnp.float32))[..., 0]
 
   return jax.pmap(eval_step, axis_name=axis_name)
+
+
+def make_batch_stats_step(model_config: EnformerConfig,
+                          *,
+                          axis_name: str = AXIS_NAME,
+                          compute_dtype: Any = jnp.float32
+                          ) -> Callable[[hk.Params, hk.State, jnp.ndarray], hk.State]:
+  """A pmapped `stats_step(params, state, inputs [D, B, L, 4]) -> state`.
+
+  A training-mode forward pass without dropout whose returned BatchNorm state holds
+  the batch's own statistics as its averages (moving-average decay 0: Haiku's
+  zero-debiased average of one value is that value), averaged over devices as in
+  training. For `recalibrate_batch_norm`.
+  """
+  stats_config = dataclasses.replace(model_config.without_dropout(),
+                                     batch_norm_decay=0.0)
+  model = make_model(stats_config, cross_replica_axis=axis_name)
+
+  def stats_step(params, state, inputs):
+    with mixed_precision(compute_dtype):
+      _, new_state = model.apply(params, state, None, inputs.astype(compute_dtype),
+                                 is_training=True)
+    return new_state
+
+  return jax.pmap(stats_step, axis_name=axis_name)
+
+
+def recalibrate_batch_norm(stats_step, params: hk.Params, state: hk.State,
+                           batches: Iterable[jax.Array]) -> hk.State:
+  """BatchNorm averages re-estimated as the mean of batch statistics.
+
+  Args:
+    stats_step: from `make_batch_stats_step`.
+    params, state: replicated (the state supplies the structure and anything that is
+      not an average).
+    batches: device inputs [D, B, L, 4], e.g. training batches.
+  Returns:
+    The replicated state with each 'average' (BatchNorm mean and variance) replaced
+    by the mean over the batches of that batch's training-mode statistic; counters and
+    hidden values as they were (eval mode reads only the averages).
+  """
+  total, count = None, 0
+  for inputs in batches:
+    stats = stats_step(params, state, inputs)
+    total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+    count += 1
+  if count == 0:
+    raise ValueError('recalibrate_batch_norm needs at least one batch')
+  return {module: {name: (total[module][name] / count if name == 'average' else value)
+                   for name, value in values.items()}
+          for module, values in state.items()}
 
 
 def local_mesh_sharding() -> jax.sharding.NamedSharding:

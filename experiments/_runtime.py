@@ -1,7 +1,13 @@
-"""Process set-up shared by the entry points (not library code)."""
+"""Process set-up and command line shared by the entry points (not library code)."""
 
+import functools
 import os
+import shlex
 import sys
+from typing import Any, Callable, List, Sequence, Tuple
+
+from absl import app
+from absl import flags
 
 JEMALLOC = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2'
 
@@ -25,3 +31,98 @@ def reexec_with_jemalloc() -> None:
   module = getattr(main.__spec__, 'name', None) if main.__spec__ else None
   argv = ([sys.executable, '-m', module] if module else [sys.executable, sys.argv[0]])
   os.execve(sys.executable, argv + sys.argv[1:], env)
+
+
+def run(main: Callable[[List[str]], Any]) -> None:
+  """absl's `app.run(main)`, with usage errors in two lines instead of the whole help.
+
+  absl answers an argument it cannot use, such as a flagfile given without
+  `--flagfile=` (`python -m experiments.train demo.flags`), with the module's full
+  help and the error as its last line, where a user reading from the top misses it.
+  Here stray positional arguments and `app.UsageError`s raised by `main` print
+  `error: ...` and a `hint: ...` to stderr and exit with status 1 (the status absl
+  gives them).
+  """
+  app.run(functools.partial(_main_without_help, main), flags_parser=_parse_flags)
+
+
+def usage_error_lines(args: Sequence[str]) -> Tuple[str, str]:
+  """The error and hint lines for positional arguments, which no entry point takes."""
+  flagfiles = [a for a in args if _looks_like_flagfile(a)]
+  words = ' '.join(shlex.quote(a) for a in args)
+  error = f'error: unexpected argument{"s" if len(args) > 1 else ""}: {words}'
+  if flagfiles:
+    hint = ('hint: a flagfile is given as '
+            + ' '.join(f'--flagfile={shlex.quote(f)}' for f in flagfiles))
+  else:
+    hint = 'hint: this command takes only flags (--name=value); --helpshort lists them'
+  return error, hint
+
+
+def _looks_like_flagfile(arg: str) -> bool:
+  """A `.flags` name, or a file whose first line that is not a comment is a flag."""
+  if arg.endswith('.flags'):
+    return True
+  try:
+    with open(arg, 'r', encoding='utf-8', errors='replace') as f:
+      head = f.read(4096)
+  except OSError:
+    return False
+  for line in head.splitlines():
+    line = line.strip()
+    if line and not line.startswith('#'):
+      return line.startswith('--')
+  return False
+
+
+def positional_arguments(args: Sequence[str],
+                         flag_values: flags.FlagValues = flags.FLAGS) -> List[str]:
+  """The arguments absl will leave over: neither a flag nor the value of the one before.
+
+  Found before absl parses, because absl checks required flags first, and a stray
+  argument is often the value of the flag it then reports missing.
+  """
+  stray, takes_value = [], False
+  for i, arg in enumerate(args):
+    if takes_value:
+      takes_value = False
+    elif arg == '--':
+      return stray + list(args[i + 1:])
+    elif arg.startswith('-') and arg != '-':
+      name, equals, _ = arg.lstrip('-').partition('=')
+      takes_value = not equals and _takes_value(name, flag_values)
+    else:
+      stray.append(arg)
+  return stray
+
+
+def _takes_value(name: str, flag_values: flags.FlagValues) -> bool:
+  if name in ('flagfile', 'undefok'):
+    return True
+  for candidate in (name, name[2:] if name.startswith('no') else None):
+    if candidate and candidate in flag_values:
+      return not flag_values[candidate].boolean
+  return False  # Unknown: absl reports it.
+
+
+def _refuse(args: Sequence[str]) -> None:
+  print('\n'.join(usage_error_lines(args)), file=sys.stderr)
+  sys.exit(1)
+
+
+def _parse_flags(argv: List[str]) -> List[str]:
+  stray = positional_arguments(argv[1:])
+  if stray:
+    _refuse(stray)
+  args = app.parse_flags_with_usage(argv)
+  if len(args) > 1:  # From a flagfile: absl passes on its lines that are not flags.
+    _refuse(args[1:])
+  return args
+
+
+def _main_without_help(main: Callable[[List[str]], Any], argv: List[str]) -> Any:
+  try:
+    return main(argv)
+  except app.UsageError as e:
+    print(f'error: {e}\nhint: --helpshort lists the flags', file=sys.stderr)
+    sys.exit(e.exitcode)

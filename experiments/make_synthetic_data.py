@@ -48,4 +48,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _runtime.reexec_with_jemalloc()
-  app.run(main)
+  _runtime.run(main)

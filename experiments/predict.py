@@ -27,15 +27,24 @@ L = the checkpoint's model_config.input_length and s = the start recorded at tra
 dropout). --reverse_complement_average averages each prediction with that of the
 reverse-complemented window.
 
+Inference settings recorded by training apply by default: reverse-complement averaging
+when the checkpoint's recipe had --eval_reverse_complement (--reverse_complement_average
+or --noreverse_complement_average overrides it), the plasmid context its windows were
+cut with (`crop_start` then counts in the extended rows), and for a soft-bin head the
+expectation over the bins (`training.make_eval_step`).
+
 Outputs:
   --output_tsv    the final-phase submission: `sequence<TAB>prediction`, input order, the
                   sequences exactly as read
   --output_json   the leaderboard submission `{"row": prediction}` for the rows named
                   by --indices_json (its keys, or its items if a list; "alt,ref" pair
                   keys give both rows), e.g. public_leaderboard/sample_submission.json
-  metrics         when the input holds measured values: Pearson, Spearman, MSE, MAE on
-                  stdout (and --output_metrics_json); with --subsets_dir and --public_dir,
-                  the official DREAM scores (--output_markdown for the table)
+  metrics         when the input holds measured values: Pearson and Spearman on stdout
+                  (and --output_metrics_json); with --subsets_dir and --public_dir, the
+                  official DREAM scores (--output_markdown for the table). No MSE or
+                  MAE: measured values may be on another scale than the training
+                  targets (the challenge's test set is on the MAUDE scale), so only
+                  scale-free measures mean something.
 
 Single host (all local devices). Bad input ends with a one-line `error: ...` and exit
 status 1.
@@ -62,6 +71,13 @@ from enformer_small import textfiles
 from enformer_small import training
 
 FLAGS = flags.FLAGS
+
+# Measured values may be on another scale than the training targets (the challenge's
+# test set is on the MAUDE scale, training on expression bins): errors would be
+# meaningless, correlations are not.
+CORRELATIONS = ('pearson', 'spearman')
+SCALE_NOTE = ('(correlations only: the measured values may be on another scale than '
+              'the training targets, e.g. MAUDE for the challenge test set)')
 
 
 class PredictError(Exception):
@@ -143,14 +159,24 @@ def read_indices(path: str, num_rows: int) -> List[int]:
 # Prediction.
 
 
+def reverse_complement_default(ckpt: checkpoint_lib.Checkpoint) -> bool:
+  """Whether the checkpoint's training evaluated with reverse-complement averaging."""
+  return bool(ckpt.recipe.get('eval_reverse_complement', False))
+
+
 def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
-                  batch_size: int = 1000, reverse_complement_average: bool = False,
+                  batch_size: int = 1000,
+                  reverse_complement_average: Optional[bool] = None,
                   progress: bool = False) -> np.ndarray:
   """float32 [N] eval-mode predictions for codes uint8 [N, 110], in row order."""
   from enformer_small import dataset  # TensorFlow: imported only when needed.
   config = ckpt.model_config
   devices = jax.local_device_count()
   batch_size = -(-batch_size // devices) * devices
+  if reverse_complement_average is None:
+    reverse_complement_average = reverse_complement_default(ckpt)
+  from enformer_small import plasmid
+  codes = plasmid.add_context(codes, ckpt.plasmid_context)
   pipeline = dataset.PipelineConfig(crop_start=ckpt.crop_start,
                                     crop_length=config.input_length, shifts=(0,))
   eval_step = training.make_eval_step(config)
@@ -213,8 +239,9 @@ def define_flags() -> None:
   flags.DEFINE_string('indices_json', None,
                       'JSON naming the rows for --output_json (keys or list items; '
                       '"alt,ref" keys name both).')
-  flags.DEFINE_bool('reverse_complement_average', False,
-                    'Average with the prediction for the reverse complement.')
+  flags.DEFINE_bool('reverse_complement_average', None,
+                    'Average with the prediction for the reverse complement (default: '
+                    "as the checkpoint's training evaluated, --eval_reverse_complement).")
   flags.DEFINE_integer('batch_size', 1000, 'Rows per batch (all local devices).')
   flags.DEFINE_string('output_metrics_json', None,
                       'Write the metrics against the measured values here.')
@@ -242,18 +269,22 @@ def run(argv_unused=None) -> Dict[str, object]:
   indices = (read_indices(FLAGS.indices_json, len(sequences)) if FLAGS.indices_json
              else None)
   codes = dream_data.encode_sequences(sequences)
+  rc_average = (reverse_complement_default(ckpt)
+                if FLAGS.reverse_complement_average is None
+                else FLAGS.reverse_complement_average)
   L, start = ckpt.model_config.input_length, ckpt.crop_start
-  print(f'{FLAGS.checkpoint}: {L} bp model (window [{start}:{start + L}] of 110), '
+  print(f'{FLAGS.checkpoint}: {L} bp model (window [{start}:{start + L}] of '
+        f'{110 + 2 * ckpt.plasmid_context}), '
         f'epoch {ckpt.epoch}; {len(sequences):,} rows from {FLAGS.input}')
   t = time.perf_counter()
   predictions = predict_codes(
       ckpt, codes, batch_size=FLAGS.batch_size,
-      reverse_complement_average=FLAGS.reverse_complement_average,
+      reverse_complement_average=rc_average,
       progress=FLAGS.progress and sys.stderr.isatty())
   seconds = time.perf_counter() - t
   print(f'predicted {len(sequences):,} rows in {seconds:.1f} s '
         f'({len(sequences) / seconds:,.0f} seq/s)'
-        + (' with reverse-complement averaging' if FLAGS.reverse_complement_average
+        + (' with reverse-complement averaging' if rc_average
            else ''))
   if FLAGS.output_tsv:
     write_tsv(FLAGS.output_tsv, sequences, predictions)
@@ -264,13 +295,15 @@ def run(argv_unused=None) -> Dict[str, object]:
   result = {'predictions': predictions}
   if measured is not None:
     found = metrics_lib.regression_metrics(predictions, measured)
+    found = {k: v for k, v in found.items() if k in CORRELATIONS}
     result['metrics'] = found
     print('against the measured values: ' + ', '.join(
         f'{k} {v:.4f}' for k, v in found.items()))
+    print(SCALE_NOTE)
     if FLAGS.output_metrics_json:
       text = json.dumps(dict(found, n=len(predictions), checkpoint=FLAGS.checkpoint,
                              input=FLAGS.input,
-                             reverse_complement_average=FLAGS.reverse_complement_average))
+                             reverse_complement_average=rc_average))
       checkpoint_lib.atomic_write(FLAGS.output_metrics_json,
                                   lambda f: f.write(text.encode('utf-8')))
     if FLAGS.subsets_dir:
@@ -304,4 +337,4 @@ def main(argv):
 if __name__ == '__main__':
   _runtime.reexec_with_jemalloc()
   define_flags()
-  app.run(main)
+  _runtime.run(main)

@@ -1,7 +1,7 @@
 r"""Trains the seed's reduced Enformer on DREAM data (pmapped over the local devices).
 
   python -m experiments.train --flagfile=small.flags     # the seed's recipe, real data
-  python -m experiments.train --flagfile=demo.flags      # synthetic, ~10 min on 2 cores
+  python -m experiments.train --flagfile=demo.flags      # synthetic; its time: README.md
   python -m experiments.train --flagfile=demo.flags --resume   # continue a killed run
 
 The recipe (small.flags): the seed model at 85 bp (X[:, 15:100] of the 110 bp encoding),
@@ -10,13 +10,31 @@ batch 10,000, 10,000 held-out rows, shifts -1/0/+1 in 'expand' mode (every train
 every shift, every epoch), up to 300 epochs, evaluation after every epoch, the epoch with
 the best held-out Pearson kept.
 
+Other recipes (`enformer_small.recipe.Recipe`, one flag per field, all off by default):
+Adam / AdamW with decoupled weight decay (--optimizer, --weight_decay), gradient
+clipping (--clip_global_norm), learning-rate schedules over the whole run (--schedule
+warmup_cosine | one_cycle), Polyak averaging of the parameters (--ema_decay),
+reverse-complement augmentation (--reverse_complement) and averaging in evaluation and
+prediction (--eval_reverse_complement), windows reaching into the real plasmid around
+the construct (--plasmid_context with longer --input_length or wider --shifts),
+BatchNorm averages re-estimated without dropout before each evaluation
+(--bn_recalibration_batches), early stopping (--early_stopping_patience), and MSE or
+LegNet's soft-bin targets (--loss=mse | soft_bin; soft_bin trains the seed model with an
+18-bin head, 2,005,426 parameters at 85 bp).
+
 A run directory (--run_dir) receives, from process 0 only:
   metrics.jsonl              one JSON object per epoch: train and held-out loss, MSE, MAE,
-                             Pearson, Spearman, seq/s, seconds (rewritten each epoch)
+                             Pearson, Spearman, learning rate, seq/s, seconds
   pearson.png                train and held-out Pearson per epoch (the seed's Figure 2)
   checkpoint_epoch_NNNN.npz  the last --keep_checkpoints epochs (see checkpoint.py)
   checkpoint_best.npz        the epoch with the best held-out Pearson so far
-  train_config.json          the flags of the run
+  train_config.json          the flags of the run, with what they resolved to (the file
+                             actually read, the window, the model, steps per epoch)
+
+Checkpoints hold what is evaluated (with --ema_decay the parameter average, with
+--bn_recalibration_batches the re-estimated BatchNorm averages), what training goes on
+from, the recipe, and the window; experiments.predict applies the recorded inference
+settings (reverse-complement averaging, plasmid context, soft-bin expectation).
 
 Train correlations are computed from the predictions the train steps make anyway
 (training mode: dropout on, BatchNorm on batch statistics, parameters moving during the
@@ -24,11 +42,13 @@ epoch), as Keras reports training metrics; they cost nothing extra but sit below
 final parameters would score in eval mode. Held-out metrics are eval mode, shift 0.
 
 Reproducibility: parameters start from --seed; the data order, shifts and flips of
-epoch e depend only on (--seed, e). A run resumed from the checkpoint of epoch k
-(--resume) repeats exactly what the uninterrupted run computes from epoch k + 1 on; work
-since the last checkpoint (a partial epoch) is done again. A NaN or inf loss stops the
-run (exit status 1) before anything of its epoch is written, naming the epoch and step;
-earlier checkpoints stay as they are.
+epoch e depend only on (--seed, e); the learning rate depends only on the step. A run
+resumed from the checkpoint of epoch k (--resume) repeats exactly what the uninterrupted
+run computes from epoch k + 1 on; work since the last checkpoint (a partial epoch) is
+done again. A NaN or inf loss stops the run (exit status 1) before anything of its epoch
+is written, naming the epoch and step; earlier checkpoints stay as they are. Ctrl-C
+stops it (exit status 130) with one line naming the last checkpoint; files are written
+whole or not at all.
 
 Multi-host (launch/README.md): one process per host on JAX's runtime, found from SLURM or
 TPU pod environments or given by --coordinator_address, --num_processes, --process_id.
@@ -38,15 +58,19 @@ process 0 writes files; every process reads the same checkpoint when resuming (a
 file system) and they check that they agree on flags, data and starting point.
 """
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -61,6 +85,9 @@ from enformer_small import config as config_lib
 from enformer_small import distributed
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
+from enformer_small import model as model_lib
+from enformer_small import plasmid
+from enformer_small import recipe as recipe_lib
 from enformer_small import training
 
 FLAGS = flags.FLAGS
@@ -76,15 +103,19 @@ PER_PROCESS_FIELDS = frozenset({'run_dir', 'train_file', 'synthetic_dir',
                                 'data_cache_dir'})
 
 # Fields of TrainConfig that may change when a run is resumed: they do not change what
-# is computed (or only extend it, num_epochs).
+# is computed (or only extend it, num_epochs, unless a schedule spans the run).
 RESUMABLE_CHANGES = frozenset({
     'run_dir', 'train_file', 'num_epochs', 'keep_checkpoints', 'eval_batch_size',
     'data_cache_dir', 'synthetic_dir', 'debug_nan_at_step'})
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Everything that defines a training run (one field per flag of the same name)."""
+class TrainConfig(recipe_lib.Recipe):
+  """Everything that defines a training run (one field per flag of the same name).
+
+  The recipe's fields (optimizer, learning_rate, momentum, schedule, ...) come from
+  `recipe.Recipe`; `recipe` gives them back as one.
+  """
   train_file: str = 'data/train_sequences.txt'
   run_dir: str = 'runs/small'
   synthetic_rows: int = 0
@@ -93,15 +124,13 @@ class TrainConfig:
   data_cache_dir: Optional[str] = None
   input_length: int = 85
   dropout: bool = True               # False: config.without_dropout()
-  crop_start: int = -1               # -1: checkpoint.default_crop_start(input_length)
+  crop_start: int = -1               # -1: plasmid.default_window_start(input_length, ...)
   shifts: Tuple[int, ...] = (-1, 0, 1)
   shift_mode: str = 'expand'
   num_holdout: int = 10_000
   split_seed: int = 0
   batch_size: int = 10_000           # global: over all devices of all processes
   eval_batch_size: int = 1000        # rounded up to a multiple of the device count
-  learning_rate: float = 0.01
-  momentum: float = 0.9
   num_epochs: int = 300
   seed: int = 0
   compute_dtype: str = 'float32'
@@ -109,12 +138,24 @@ class TrainConfig:
   debug_nan_at_step: int = -1        # tests only: NaN targets at this global step
 
   def __post_init__(self):
+    super().__post_init__()
     object.__setattr__(self, 'shifts', tuple(int(s) for s in self.shifts))
 
   @property
+  def recipe(self) -> recipe_lib.Recipe:
+    return recipe_lib.from_fields(self)
+
+  @property
+  def row_length(self) -> int:
+    """Codes per row the windows are cut from: the construct and its plasmid context."""
+    return dream_data.SEQUENCE_LENGTH + 2 * self.plasmid_context
+
+  @property
   def window_start(self) -> int:
-    return (self.crop_start if self.crop_start >= 0 else
-            checkpoint_lib.default_crop_start(self.input_length))
+    """First position of the unshifted window in a row of `row_length` codes."""
+    if self.crop_start >= 0:
+      return self.crop_start
+    return plasmid.default_window_start(self.input_length, self.plasmid_context)
 
   def to_json_dict(self) -> Dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -128,6 +169,10 @@ class NonFiniteError(TrainingError):
   """NaN or inf in the loss, the held-out predictions or the parameters."""
 
 
+class Interrupted(Exception):
+  """Ctrl-C (SIGINT); the message is the one line to print."""
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train` did.
@@ -137,6 +182,7 @@ class TrainResult:
   best_epoch, best_pearson: the epoch with the best held-out Pearson.
   noise_ceiling: held-out Pearson of the noise-free with the measured expression
     (synthetic data only, else None).
+  stopped_early: whether --early_stopping_patience ended the run.
   """
   train_state: training.TrainState
   history: List[Dict[str, Any]]
@@ -144,6 +190,7 @@ class TrainResult:
   best_pearson: float
   noise_ceiling: Optional[float]
   run_dir: str
+  stopped_early: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -242,6 +289,7 @@ def _pipeline_config(config: TrainConfig):
   return dataset.PipelineConfig(crop_start=config.window_start,
                                 crop_length=config.input_length, shifts=config.shifts,
                                 shift_mode=config.shift_mode,
+                                reverse_complement=config.reverse_complement,
                                 one_hot_dtype=np.dtype(INPUT_DTYPE).name)
 
 
@@ -288,10 +336,18 @@ def poisson_loss_np(pred: np.ndarray, target: np.ndarray) -> float:
   return float(np.mean(pred - target * np.log(pred + training.POISSON_EPSILON)))
 
 
-def summarise(pred: np.ndarray, target: np.ndarray) -> Dict[str, float]:
-  """loss (Poisson), mse, mae, pearson, spearman and n of predictions vs targets."""
-  out = {'loss': poisson_loss_np(pred, target)}
-  out.update(metrics_lib.regression_metrics(pred, target))
+def summarise(pred: np.ndarray, target: np.ndarray,
+              loss: str = 'poisson') -> Dict[str, float]:
+  """loss, mse, mae, pearson, spearman and n of predictions vs targets.
+
+  loss: the recipe's loss, of the predictions: Poisson or MSE. The soft-bin loss needs
+  the bins' logits, which are not kept: no 'loss' then.
+  """
+  out = metrics_lib.regression_metrics(pred, target)
+  if loss == 'poisson':
+    out = dict(loss=poisson_loss_np(pred, target), **out)
+  elif loss == 'mse':
+    out = dict(loss=out['mse'], **out)
   out['n'] = int(pred.shape[0])
   return out
 
@@ -318,14 +374,21 @@ class _Printer:
 
 
 def _check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: str) -> None:
-  now = config.to_json_dict()
-  diffs = [f'--{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}' for k in now
-           if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+  """Raises TrainingError unless `config` may continue the run that saved `saved`.
+
+  Fields a checkpoint predates count as their defaults (what its run used).
+  """
+  now, defaults = config.to_json_dict(), TrainConfig().to_json_dict()
+  diffs = [f'--{k}: checkpoint {saved.get(k, defaults[k])!r}, now {now[k]!r}'
+           for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
+  if config.recipe.uses_schedule_length and saved.get('num_epochs') != now['num_epochs']:
+    diffs.append(f'--num_epochs: checkpoint {saved.get("num_epochs")!r}, now '
+                 f'{now["num_epochs"]!r} (the --schedule={config.schedule} learning '
+                 'rate spans the whole run)')
   if diffs:
     raise TrainingError(
         f'cannot resume from {path}: the flags differ from the run that wrote it '
         f'({"; ".join(diffs)}). Use the same flags, or start a new --run_dir.')
-
 
 def _best_of(history: Sequence[Dict[str, Any]]) -> Tuple[int, float]:
   best_epoch, best = 0, -math.inf
@@ -389,36 +452,29 @@ def _all_finite(tree: Any) -> bool:
              for x in jax.tree_util.tree_leaves(tree)
              if np.issubdtype(np.asarray(x).dtype, np.floating))
 
+# ---------------------------------------------------------------------------
+# The run, in the order it happens: data and split, the plan, start or resume, the
+# compiled steps; then per epoch: train, evaluate, checkpoint.
 
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = False, verbose: bool = True) -> TrainResult:
-  """Runs (or resumes) training; see the module docstring.
 
-  Raises:
-    TrainingError: missing data, a run directory in the way, flags that do not match
-      the checkpoint being resumed. NonFiniteError: NaN/inf loss or parameters.
-    dream_data.DreamDataError, checkpoint_lib.CheckpointError: bad files.
+@dataclasses.dataclass
+class RunData:
+  """The training file and its split.
+
+  rows: what the pipeline reads: the file's codes and expression, with the plasmid
+    context on each side when the recipe asks for it.
   """
-  is_writer = jax.process_index() == 0
-  log = _Printer(verbose and is_writer)
-  run_dir = config.run_dir
-  latest = checkpoint_lib.latest_checkpoint(run_dir)
-  if latest and not resume and not overwrite:
-    raise TrainingError(
-        f'{run_dir} already holds checkpoints (latest {latest}). Pass --resume to '
-        f'continue that run, --overwrite to start afresh (its checkpoints are '
-        f'deleted), or choose another --run_dir.')
-  lo = config.window_start + min(config.shifts)
-  hi = config.window_start + max(config.shifts) + config.input_length
-  if lo < 0 or hi > dream_data.SEQUENCE_LENGTH:
-    raise TrainingError(
-        f'the window [{config.window_start} + s, {config.window_start} + s + '
-        f'{config.input_length}) for shifts {config.shifts} spans [{lo}, {hi}), outside '
-        f'the {dream_data.SEQUENCE_LENGTH} bp encoding: change --crop_start, --shifts '
-        'or --input_length (e.g. --shifts=0 for 110 bp)')
-  from enformer_small import dataset  # TensorFlow takes seconds to import.
+  path: str
+  rows: Any
+  train_rows: np.ndarray
+  holdout_rows: np.ndarray
+  noise_ceiling: Optional[float]
+  data_id: Dict[str, Any]
 
-  # Data and split.
+
+def load_data(config: TrainConfig, log: Callable[[str], None]) -> RunData:
+  """Reads (or first generates) the training file and splits off the held-out rows."""
+  from enformer_small import dataset  # TensorFlow takes seconds to import.
   path = train_file_path(config)
   if config.synthetic_rows > 0:
     path = ensure_synthetic_file(config, log)
@@ -437,213 +493,532 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
       + (f'; held-out noise ceiling {noise_ceiling:.4f}' if noise_ceiling else ''))
   data_id = dict(source=path, num_rows=len(data),
                  content_hash=getattr(data.report, 'content_hash', None) or None)
+  return RunData(path=path, rows=dataset.with_plasmid_context(data, config.plasmid_context),
+                 train_rows=train_rows, holdout_rows=holdout_rows,
+                 noise_ceiling=noise_ceiling, data_id=data_id)
 
-  # Model, optimizer, pipeline.
+
+def model_config_for(config: TrainConfig) -> config_lib.EnformerConfig:
+  """The seed model at --input_length, without dropout or with the soft-bin head."""
   model_config = config_lib.seed_config(config.input_length)
   if not config.dropout:
     model_config = model_config.without_dropout()
-  optimizer = training.make_optimizer(config.learning_rate, config.momentum)
-  pipeline = _pipeline_config(config)
+  if config.loss == 'soft_bin':
+    model_config = model_config.with_soft_bin_head(recipe_lib.NUM_SOFT_BINS)
+  return model_config
+
+
+def check_window(config: TrainConfig) -> None:
+  """Raises TrainingError unless every shifted window lies within the rows."""
+  context = (f' with {config.plasmid_context} bp of plasmid on each side'
+             if config.plasmid_context else '')
+  advice = ('change --crop_start, --shifts, --input_length or --plasmid_context (e.g. '
+            '--shifts=0 for 110 bp)')
+  try:
+    start = config.window_start
+  except ValueError as e:
+    raise TrainingError(f'{e}: {advice}') from None
+  lo = start + min(config.shifts)
+  hi = start + max(config.shifts) + config.input_length
+  if lo < 0 or hi > config.row_length:
+    raise TrainingError(
+        f'the window [{start} + s, {start} + s + {config.input_length}) for shifts '
+        f'{config.shifts} spans [{lo}, {hi}), outside the {config.row_length} bp rows '
+        f'({dream_data.SEQUENCE_LENGTH} bp{context}): {advice}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the flags and the data size make of a run."""
+  model_config: config_lib.EnformerConfig
+  optimizer: Any                # optax.GradientTransformation
+  pipeline: Any                 # dataset.PipelineConfig
+  eval_batch_size: int          # a multiple of the device count
+  steps_per_epoch: int
+  total_steps: int              # the schedule's length
+
+
+def make_plan(config: TrainConfig, num_train_rows: int) -> Plan:
+  from enformer_small import dataset
   shards = _shard_count()
   if config.batch_size % shards:
     raise TrainingError(f'--batch_size={config.batch_size} must be divisible by the '
                         f'{shards} devices; e.g. {config.batch_size // shards * shards}')
-  eval_batch_size = -(-config.eval_batch_size // shards) * shards
-  steps_per_epoch = dataset.num_train_batches(len(train_rows), config.batch_size,
-                                              pipeline)
+  pipeline = _pipeline_config(config)
+  steps_per_epoch = dataset.num_train_batches(num_train_rows, config.batch_size, pipeline)
   if steps_per_epoch == 0:
     raise TrainingError(
-        f'{len(train_rows):,} training rows x {pipeline.examples_per_row} shift(s) '
+        f'{num_train_rows:,} training rows x {pipeline.examples_per_row} shift(s) '
         f'hold no full batch of {config.batch_size}: lower --batch_size')
+  total_steps = steps_per_epoch * config.num_epochs
+  return Plan(model_config=model_config_for(config),
+              optimizer=recipe_lib.make_optimizer(config.recipe, total_steps),
+              pipeline=pipeline,
+              eval_batch_size=-(-config.eval_batch_size // shards) * shards,
+              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
-  # Start or resume.
-  history: List[Dict[str, Any]] = []
-  if resume and latest:
-    template = jax.eval_shape(lambda: training.init_train_state(
-        model_config, optimizer, jax.random.PRNGKey(0)).opt_state)
-    ckpt = checkpoint_lib.load_checkpoint(latest, opt_state_template=template)
-    _check_resume_config(ckpt.extra.get('train_config', {}), config, latest)
-    saved_data = ckpt.extra.get('data', {})
-    if (saved_data.get('content_hash') and data_id['content_hash'] and
-        saved_data['content_hash'] != data_id['content_hash']):
-      raise TrainingError(
-          f'cannot resume from {latest}: it was trained on another file '
-          f'({saved_data.get("source")}, {saved_data.get("num_rows")} rows) than {path}')
-    host_state = training.TrainState(
-        params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state,
-        rng=np.asarray(ckpt.rng), step=np.asarray(ckpt.step, np.int32))
-    history = [dict(r) for r in ckpt.metrics]
-    start_epoch = ckpt.epoch
-    log(f'resuming from {latest}: epoch {start_epoch}, step {ckpt.step}')
-  else:
+
+def _delete_checkpoints(run_dir: str) -> None:
+  for _, old in checkpoint_lib.epoch_checkpoints(run_dir):
+    os.remove(old)
+  best_path = checkpoint_lib.best_checkpoint_path(run_dir)
+  if os.path.exists(best_path):
+    os.remove(best_path)
+
+
+def _load_for_resume(path: str, config: TrainConfig, template: Any):
+  """The checkpoint with its optimizer state, after checking the flags match."""
+  try:
+    ckpt = checkpoint_lib.load_checkpoint(path, opt_state_template=template)
+  except checkpoint_lib.CheckpointError:
+    # Another recipe makes another optimizer state: name the flags, not the leaves.
+    saved = checkpoint_lib.load_checkpoint(path).extra.get('train_config', {})
+    _check_resume_config(saved, config, path)
+    raise
+  _check_resume_config(ckpt.extra.get('train_config', {}), config, path)
+  return ckpt
+
+
+def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData, *, resume: bool,
+                    overwrite: bool, log: Callable[[str], None]
+                    ) -> Tuple[training.TrainState, List[Dict[str, Any]], int]:
+  """The host TrainState to go on from, the history so far and the epochs done."""
+  latest = checkpoint_lib.latest_checkpoint(config.run_dir)
+  if not (resume and latest):
     if resume:
-      log(f'no checkpoint in {run_dir}: starting a new run')
-    if latest and overwrite and is_writer:
-      for _, old in checkpoint_lib.epoch_checkpoints(run_dir):
-        os.remove(old)
-      best_path = checkpoint_lib.best_checkpoint_path(run_dir)
-      if os.path.exists(best_path):
-        os.remove(best_path)
+      log(f'no checkpoint in {config.run_dir}: starting a new run')
+    if latest and overwrite and jax.process_index() == 0:
+      _delete_checkpoints(config.run_dir)
     host_state = jax.device_get(training.init_train_state(
-        model_config, optimizer, jax.random.PRNGKey(config.seed)))
-    start_epoch = 0
+        plan.model_config, plan.optimizer, jax.random.PRNGKey(config.seed)))
+    return host_state, [], 0
+  template = jax.eval_shape(lambda: training.init_train_state(
+      plan.model_config, plan.optimizer, jax.random.PRNGKey(0)).opt_state)
+  ckpt = _load_for_resume(latest, config, template)
+  saved_data, data_id = ckpt.extra.get('data', {}), run_data.data_id
+  if (saved_data.get('content_hash') and data_id['content_hash'] and
+      saved_data['content_hash'] != data_id['content_hash']):
+    raise TrainingError(
+        f'cannot resume from {latest}: it was trained on another file '
+        f'({saved_data.get("source")}, {saved_data.get("num_rows")} rows) than '
+        f'{run_data.path}')
+  host_state = training.TrainState(
+      params=ckpt.params if ckpt.train_params is None else ckpt.train_params,
+      state=ckpt.state if ckpt.train_state is None else ckpt.train_state,
+      opt_state=ckpt.opt_state, rng=np.asarray(ckpt.rng),
+      step=np.asarray(ckpt.step, np.int32))
+  log(f'resuming from {latest}: epoch {ckpt.epoch}, step {ckpt.step}')
+  return host_state, [dict(r) for r in ckpt.metrics], ckpt.epoch
+
+
+def describe_model(config: TrainConfig, model_config, num_params: int) -> str:
+  head = (f', soft-bin head ({recipe_lib.NUM_SOFT_BINS} bins)'
+          if model_config.head_kind == 'soft_bins' else '')
+  return (f'seed Enformer at {config.input_length} bp'
+          f'{"" if config.dropout else " without dropout"}{head}, {num_params:,} '
+          'parameters')
+
+
+def write_config_file(config: TrainConfig, run_data: RunData, plan: Plan,
+                      num_params: int) -> str:
+  """train_config.json: the flags, with what was actually used in their place."""
+  used = config.to_json_dict()
+  used.update(train_file=run_data.path, crop_start=config.window_start)
+  used['resolved'] = dict(
+      data=run_data.data_id, train_rows=len(run_data.train_rows),
+      holdout_rows=len(run_data.holdout_rows),
+      model=describe_model(config, plan.model_config, num_params),
+      parameters=num_params, row_length=config.row_length,
+      window=[config.window_start, config.window_start + config.input_length],
+      steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
+      devices=jax.device_count(), processes=jax.process_count())
+  path = os.path.join(config.run_dir, CONFIG_FILE)
+  checkpoint_lib.atomic_write(path, lambda f: f.write(json.dumps(used, indent=1).encode()))
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The compiled pmapped steps; batch_stats only with BatchNorm recalibration."""
+  train: Any
+  eval: Any
+  batch_stats: Any = None
+
+
+def build_steps(config: TrainConfig, plan: Plan, train_state: training.TrainState
+                ) -> Steps:
+  """Compiles the steps ahead of the loop, so that epoch timings exclude compiling."""
+  devices = jax.local_device_count()
+  per_device = config.batch_size // jax.process_count() // devices
+  per_device_eval = plan.eval_batch_size // jax.process_count() // devices
+  dtype = jnp.dtype(config.compute_dtype)
+  example = training.shard_batch({
+      'inputs': np.zeros((devices, per_device, config.input_length, 4), INPUT_DTYPE),
+      'targets': np.zeros((devices, per_device, 1), np.float32)})
+  eval_inputs = training.shard_batch(np.zeros(
+      (devices, per_device_eval, config.input_length, 4), INPUT_DTYPE))
+  key = (plan.model_config, dtype.name)
+  train_step = _compiled(
+      'train', key + (config.recipe, plan.total_steps),
+      lambda: training.make_train_step(
+          plan.model_config, plan.optimizer, compute_dtype=dtype, return_predictions=True,
+          loss=config.loss, soft_bin_sigma=config.soft_bin_sigma),
+      train_state, example)
+  eval_step = _compiled('eval', key, lambda: training.make_eval_step(
+      plan.model_config, compute_dtype=dtype), train_state.params, train_state.state,
+                        eval_inputs)
+  batch_stats = None
+  if config.bn_recalibration_batches:
+    batch_stats = _compiled('batch_stats', key, lambda: training.make_batch_stats_step(
+        plan.model_config, compute_dtype=dtype), train_state.params, train_state.state,
+                            example['inputs'])
+  return Steps(train=train_step, eval=eval_step, batch_stats=batch_stats)
+
+
+@dataclasses.dataclass
+class Position:
+  """Where the run is (1-based epoch in progress, global steps done), and whether Ctrl-C
+  asked it to stop: for Ctrl-C."""
+  epoch: int = 0
+  step: int = 0
+  stop_requested: bool = False
+
+  def check_stop(self) -> None:
+    """Raises KeyboardInterrupt if Ctrl-C was pressed: called between steps."""
+    if self.stop_requested:
+      raise KeyboardInterrupt
+
+
+@dataclasses.dataclass
+class Run:
+  """What every per-epoch function needs."""
+  config: TrainConfig
+  data: RunData
+  plan: Plan
+  steps: Steps
+  log: Callable[[str], None]
+  is_writer: bool
+  progress: bool = False
+  log_every_steps: int = 0
+  where: Position = dataclasses.field(default_factory=Position)
+
+
+def _epoch_batches(run: Run, epoch: int) -> Iterator[Dict[str, np.ndarray]]:
+  from enformer_small import dataset
+  return dataset.train_batches(
+      run.data.rows, run.data.train_rows, global_batch_size=run.config.batch_size,
+      local_device_count=jax.local_device_count(), process_index=jax.process_index(),
+      process_count=jax.process_count(), config=run.plan.pipeline, seed=run.config.seed,
+      epoch=epoch)
+
+
+class _StepTracker:
+  """Takes each step's metrics: stops on a non-finite loss, keeps the predictions,
+  moves the progress bar or, off a terminal, logs a line every --log_every_steps."""
+
+  def __init__(self, run: Run, epoch: int):
+    self.run, self.epoch = run, epoch
+    self.preds: List[np.ndarray] = []
+    self.targets: List[np.ndarray] = []
+    self.started = time.perf_counter()
+    config = run.config
+    self.bar = _progress_bar(run.progress and run.is_writer,
+                             run.plan.steps_per_epoch * config.batch_size,
+                             f'epoch {epoch + 1}/{config.num_epochs}')
+
+  def add(self, metrics: Any, step_in_epoch: int) -> None:
+    run, config, steps = self.run, self.run.config, self.run.plan.steps_per_epoch
+    metrics = jax.device_get(metrics)
+    loss = float(np.asarray(metrics['loss'])[0])
+    done = step_in_epoch + 1
+    if not math.isfinite(loss):
+      raise NonFiniteError(
+          f'training stopped: the loss became {loss} in epoch {self.epoch + 1}, step '
+          f'{done} of {steps} (global step {self.epoch * steps + done}). Nothing of '
+          f'this epoch was saved; ' + _last_good(config.run_dir))
+    run.where.step = self.epoch * steps + done
+    self.preds.append(np.asarray(metrics['predictions']).reshape(-1))
+    self.targets.append(np.asarray(metrics['targets']).reshape(-1))
+    if self.bar is not None:
+      self.bar.update(config.batch_size)
+      self.bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
+    elif run.log_every_steps > 0 and done % run.log_every_steps == 0:
+      rate = done * config.batch_size / (time.perf_counter() - self.started)
+      run.log(f'epoch {self.epoch + 1}/{config.num_epochs} step {done}/{steps} (global '
+              f'{run.where.step}): {config.loss} loss {loss:.4f}, {rate:.0f} seq/s')
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+  def gathered(self) -> Tuple[np.ndarray, np.ndarray]:
+    return (_gather_batches(np.stack(self.preds)), _gather_batches(np.stack(self.targets)))
+
+
+def train_epoch(run: Run, train_state: training.TrainState, epoch: int):
+  """Trains epoch `epoch` (0-based).
+
+  Returns:
+    (train_state, training-mode predictions [n], their targets [n], seconds).
+  """
+  steps, nan_step = run.plan.steps_per_epoch, run.config.debug_nan_at_step
+  batches = _epoch_batches(run, epoch)
+  if epoch * steps <= nan_step < (epoch + 1) * steps:
+    batches = _with_nan_targets(batches, nan_step - epoch * steps)
+  tracker = _StepTracker(run, epoch)
+  started, pending = time.perf_counter(), None
+  try:
+    for i, device_batch in enumerate(training.prefetch_to_device(batches,
+                                                                 DEVICE_PREFETCH)):
+      run.where.check_stop()
+      train_state, metrics = run.steps.train(train_state, device_batch)
+      if pending is not None:
+        tracker.add(*pending)  # The previous step's, while this one runs.
+      pending = (metrics, i)
+    tracker.add(*pending)
+  finally:
+    tracker.close()
+  jax.block_until_ready(train_state)
+  seconds = time.perf_counter() - started
+  return (train_state,) + tracker.gathered() + (seconds,)
+
+
+def eval_variables(run: Run, train_state: training.TrainState, epoch: int):
+  """The replicated (params, state) to evaluate and keep: the Polyak average of the
+  parameters with --ema_decay, BatchNorm averages re-estimated on the epoch's first
+  --bn_recalibration_batches training batches (training mode, no dropout)."""
+  params = recipe_lib.ema_params(train_state.opt_state)
+  if params is None:
+    params = train_state.params
+  state = train_state.state
+  if run.config.bn_recalibration_batches:
+    batches = itertools.islice(_epoch_batches(run, epoch),
+                               run.config.bn_recalibration_batches)
+    state = training.recalibrate_batch_norm(
+        run.steps.batch_stats, params, state,
+        (training.shard_batch(b['inputs']) for b in batches))
+  return params, state
+
+
+def _holdout_pass(run: Run, params, state, reverse: bool):
+  from enformer_small import dataset
+  preds, targets, masks = [], [], []
+  for batch in dataset.eval_batches(
+      run.data.rows, run.data.holdout_rows, global_batch_size=run.plan.eval_batch_size,
+      local_device_count=jax.local_device_count(), process_index=jax.process_index(),
+      process_count=jax.process_count(), config=run.plan.pipeline,
+      reverse_complement=reverse):
+    out = np.asarray(run.steps.eval(params, state, training.shard_batch(batch['inputs'])))
+    preds.append(out.reshape(-1))
+    targets.append(batch['targets'].reshape(-1))
+    masks.append(batch['mask'].reshape(-1))
+  # Padding is dropped after the gather: processes hold different numbers of rows.
+  preds, targets, masks = (_gather_batches(np.stack(x)) for x in (preds, targets, masks))
+  return preds[masks], targets[masks]
+
+
+def evaluate(run: Run, params, state) -> Tuple[np.ndarray, np.ndarray, float]:
+  """Held-out predictions (eval mode, shift 0; with --eval_reverse_complement the
+  mean over both strands), their targets, and the seconds it took."""
+  started = time.perf_counter()
+  strands = (False, True) if run.config.eval_reverse_complement else (False,)
+  passes = [_holdout_pass(run, params, state, reverse) for reverse in strands]
+  preds = passes[0][0] if len(passes) == 1 else (passes[0][0] + passes[1][0]) / 2
+  return preds, passes[0][1], time.perf_counter() - started
+
+
+def run_epoch(run: Run, train_state: training.TrainState, epoch: int):
+  """Trains and evaluates one epoch.
+
+  Returns:
+    (train_state, the epoch's metrics record, host TrainState, evaluated) where
+    evaluated = (params, state) on the host, each None where it is the training one.
+  """
+  started = time.perf_counter()
+  train_state, train_pred, train_target, train_seconds = train_epoch(run, train_state,
+                                                                     epoch)
+  params, state = eval_variables(run, train_state, epoch)
+  holdout_pred, holdout_target, eval_seconds = evaluate(run, params, state)
+  host = training.unreplicate(train_state)
+  evaluated = (None if params is train_state.params else training.unreplicate(params),
+               None if state is train_state.state else training.unreplicate(state))
+  if not (np.all(np.isfinite(holdout_pred)) and _all_finite(host.params) and
+          _all_finite(evaluated)):
+    raise NonFiniteError(
+        f'training stopped: non-finite parameters or held-out predictions after epoch '
+        f'{epoch + 1} (step {int(host.step)}). Nothing of this epoch was saved; '
+        + _last_good(run.config.run_dir))
+  schedule = recipe_lib.learning_rate_schedule(run.config.recipe, run.plan.total_steps)
+  record = dict(
+      epoch=epoch + 1, step=int(host.step),
+      train=summarise(train_pred, train_target, run.config.recipe.loss),
+      holdout=summarise(holdout_pred, holdout_target, run.config.recipe.loss),
+      learning_rate=float(schedule(max(int(host.step) - 1, 0))),
+      train_seq_per_s=len(train_pred) / train_seconds,
+      eval_seq_per_s=len(holdout_pred) / eval_seconds,
+      train_seconds=train_seconds, eval_seconds=eval_seconds,
+      epoch_seconds=time.perf_counter() - started)
+  return train_state, record, host, evaluated
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_steps(where: Position):
+  """Within: Ctrl-C asks the run to stop at the next step (`Position.check_stop`).
+
+  A KeyboardInterrupt raised wherever the main thread happens to be (inside tf.data,
+  a device transfer or a checkpoint write) could leave those half done or hang their
+  teardown; a request checked between steps cannot. A second Ctrl-C stops at once.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def request(*_):
+    if where.stop_requested:
+      raise KeyboardInterrupt
+    where.stop_requested = True
+
+  previous = signal.signal(signal.SIGINT, request)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def save_epoch(run: Run, host: training.TrainState, evaluated, history, is_best: bool,
+               best_epoch: int) -> None:
+  """Writes the epoch's checkpoint (and the best one), metrics and plot (process 0)."""
+  if not run.is_writer:
+    return
+  config, number = run.config, history[-1]['epoch']
+  params, state = evaluated
+  extra = dict(train_config=config.to_json_dict(), crop_start=config.window_start,
+               plasmid_context=config.plasmid_context,
+               recipe=recipe_lib.fields_as_dict(config.recipe), data=run.data.data_id,
+               best_epoch=best_epoch)
+
+  def save(path):
+    checkpoint_lib.save_checkpoint(
+        path, params=host.params if params is None else params,
+        state=host.state if state is None else state, model_config=run.plan.model_config,
+        opt_state=host.opt_state, rng=host.rng, epoch=number, step=int(host.step),
+        metrics=history, extra=extra,
+        train_params=None if params is None else host.params,
+        train_state=None if state is None else host.state)
+
+  title = (f'{os.path.basename(os.path.normpath(config.run_dir))}: '
+           f'{len(run.data.train_rows):,} train rows, batch {config.batch_size}')
+  # Ctrl-C waits for these files: it is checked between steps (`_ctrl_c_between_steps`).
+  if is_best:
+    save(checkpoint_lib.best_checkpoint_path(config.run_dir))
+  save(checkpoint_lib.epoch_checkpoint_path(config.run_dir, number))
+  checkpoint_lib.prune_checkpoints(config.run_dir, config.keep_checkpoints)
+  write_metrics_file(config.run_dir, history)
+  plot_history(config.run_dir, history, run.data.noise_ceiling, title)
+
+
+def _epoch_line(record: Dict[str, Any], num_epochs: int, is_best: bool) -> str:
+  tr, ho = record['train'], record['holdout']
+  loss = lambda m: f' loss {m["loss"]:.4f}' if 'loss' in m else ''
+  return (f'epoch {record["epoch"]}/{num_epochs}: train{loss(tr)} r '
+          f'{tr["pearson"]:.4f} | held-out{loss(ho)} mse {ho["mse"]:.3f} '
+          f'mae {ho["mae"]:.3f} r {ho["pearson"]:.4f} rho {ho["spearman"]:.4f} | '
+          f'{record["train_seq_per_s"]:.0f} seq/s, {record["epoch_seconds"]:.0f} s'
+          + (' [best]' if is_best else ''))
+
+
+def _holdout_pearsons(history: Sequence[Dict[str, Any]]) -> List[Optional[float]]:
+  return [r['holdout']['pearson'] for r in history]
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = False, verbose: bool = True,
+          log_every_steps: int = 0) -> TrainResult:
+  """Runs (or resumes) training; see the module docstring.
+
+  Raises:
+    TrainingError: missing data, a run directory in the way, flags that do not match
+      the checkpoint being resumed. NonFiniteError: NaN/inf loss or parameters.
+    Interrupted: Ctrl-C; its message names the epoch, step and last checkpoint.
+    dream_data.DreamDataError, checkpoint_lib.CheckpointError: bad files.
+  """
+  latest = checkpoint_lib.latest_checkpoint(config.run_dir)
+  if latest and not resume and not overwrite:
+    raise TrainingError(
+        f'{config.run_dir} already holds checkpoints (latest {latest}). Pass --resume '
+        f'to continue that run, --overwrite to start afresh (its checkpoints are '
+        f'deleted), or choose another --run_dir.')
+  check_window(config)
+  where = Position()
+  try:
+    with _ctrl_c_between_steps(where):
+      return _train(config, resume=resume, overwrite=overwrite, progress=progress,
+                    verbose=verbose, log_every_steps=log_every_steps, where=where)
+  except KeyboardInterrupt:
+    last = checkpoint_lib.latest_checkpoint(config.run_dir)
+    at = (f'at epoch {where.epoch}, step {where.step}' if where.epoch else
+          'before training started')
+    raise Interrupted(
+        f'interrupted {at}; ' +
+        (f'the last checkpoint is {last}; --resume continues' if last else
+         'no checkpoint was written yet; run again to start over')) from None
+
+
+def _train(config: TrainConfig, *, resume: bool, overwrite: bool, progress: bool,
+           verbose: bool, log_every_steps: int, where: Position) -> TrainResult:
+  is_writer = jax.process_index() == 0
+  log = _Printer(verbose and is_writer)
+  run_data = load_data(config, log)
+  plan = make_plan(config, len(run_data.train_rows))
+  host_state, history, start_epoch = start_or_resume(
+      config, plan, run_data, resume=resume, overwrite=overwrite, log=log)
+  where.epoch, where.step = start_epoch + 1, int(host_state.step)
   _check_processes_agree(
       flags=_fingerprint({k: v for k, v in config.to_json_dict().items()
                           if k not in PER_PROCESS_FIELDS}),
-      data=_fingerprint([data_id['content_hash'], data_id['num_rows']]),
+      data=_fingerprint([run_data.data_id['content_hash'], run_data.data_id['num_rows']]),
       start_epoch=start_epoch, start_step=int(host_state.step))
+  num_params = model_lib.count_params(host_state.params)
   if is_writer:
-    os.makedirs(run_dir, exist_ok=True)
-    checkpoint_lib.atomic_write(
-        os.path.join(run_dir, CONFIG_FILE),
-        lambda f: f.write(json.dumps(config.to_json_dict(), indent=1).encode()))
-  best_epoch, best_pearson = _best_of(history)
-
-  # Steps, compiled ahead of the loop so that epoch timings exclude compilation.
-  devices = jax.local_device_count()
-  local_batch = config.batch_size // jax.process_count()
-  compute_dtype = jnp.dtype(config.compute_dtype)
+    write_config_file(config, run_data, plan, num_params)
   train_state = training.replicate(host_state)
-  example = training.shard_batch({
-      'inputs': np.zeros((devices, local_batch // devices, config.input_length, 4),
-                         INPUT_DTYPE),
-      'targets': np.zeros((devices, local_batch // devices, 1), np.float32)})
-  local_eval = eval_batch_size // jax.process_count()
-  eval_inputs = training.shard_batch(np.zeros(
-      (devices, local_eval // devices, config.input_length, 4), INPUT_DTYPE))
-  step_key = (model_config, config.learning_rate, config.momentum, compute_dtype.name)
-  t0 = time.perf_counter()
-  train_step = _compiled('train', step_key, lambda: training.make_train_step(
-      model_config, optimizer, compute_dtype=compute_dtype, return_predictions=True),
-                         train_state, example)
-  eval_step = _compiled('eval', step_key, lambda: training.make_eval_step(
-      model_config, compute_dtype=compute_dtype),
-                        train_state.params, train_state.state, eval_inputs)
-  log(f'model: seed Enformer at {config.input_length} bp'
-      f'{"" if config.dropout else " without dropout"} (window '
-      f'[{config.window_start}:{config.window_start + config.input_length}] of 110), '
-      f'{devices} device(s) x {jax.process_count()} process(es), global batch '
-      f'{config.batch_size}, {steps_per_epoch} steps/epoch; compiled in '
-      f'{time.perf_counter() - t0:.1f} s')
-
-  def evaluate(params, state) -> Tuple[np.ndarray, np.ndarray, float]:
-    t = time.perf_counter()
-    preds, targets, masks = [], [], []
-    for batch in dataset.eval_batches(
-        data, holdout_rows, global_batch_size=eval_batch_size,
-        local_device_count=devices, process_index=jax.process_index(),
-        process_count=jax.process_count(), config=pipeline):
-      out = np.asarray(eval_step(params, state, training.shard_batch(batch['inputs'])))
-      preds.append(out.reshape(-1))
-      targets.append(batch['targets'].reshape(-1))
-      masks.append(batch['mask'].reshape(-1))
-    # Padding is dropped after the gather: processes hold different numbers of rows.
-    preds, targets, masks = (_gather_batches(np.stack(x)) for x in (preds, targets, masks))
-    return preds[masks], targets[masks], time.perf_counter() - t
-
-  def save(path, host, epoch, extra_best=None):
-    checkpoint_lib.save_checkpoint(
-        path, params=host.params, state=host.state, model_config=model_config,
-        opt_state=host.opt_state, rng=host.rng, epoch=epoch, step=int(host.step),
-        metrics=history, extra=dict(train_config=config.to_json_dict(),
-                                    crop_start=config.window_start, data=data_id,
-                                    best_epoch=extra_best))
-
-  title = (f'{os.path.basename(os.path.normpath(run_dir))}: '
-           f'{len(train_rows):,} train rows, batch {config.batch_size}')
+  started = time.perf_counter()
+  run = Run(config=config, data=run_data, plan=plan,
+            steps=build_steps(config, plan, train_state), log=log, is_writer=is_writer,
+            progress=progress, log_every_steps=log_every_steps, where=where)
+  log(f'model: {describe_model(config, plan.model_config, num_params)} (window '
+      f'[{config.window_start}:{config.window_start + config.input_length}] of '
+      f'{config.row_length}), {jax.local_device_count()} device(s) x '
+      f'{jax.process_count()} process(es), global batch {config.batch_size}, '
+      f'{plan.steps_per_epoch} steps/epoch; compiled in '
+      f'{time.perf_counter() - started:.1f} s')
+  best_epoch, best_pearson = _best_of(history)
+  patience = config.early_stopping_patience
+  stopped = recipe_lib.should_stop(_holdout_pearsons(history), patience)
   for epoch in range(start_epoch, config.num_epochs):
-    number = epoch + 1
-    t_epoch = time.perf_counter()
-    batches = dataset.train_batches(
-        data, train_rows, global_batch_size=config.batch_size,
-        local_device_count=devices, process_index=jax.process_index(),
-        process_count=jax.process_count(), config=pipeline, seed=config.seed,
-        epoch=epoch)
-    bar = _progress_bar(progress and is_writer, steps_per_epoch * config.batch_size,
-                        f'epoch {number}/{config.num_epochs}')
-    preds, targets = [], []
-    pending = None
-
-    def consume(pending):
-      metrics, step_in_epoch = pending
-      metrics = jax.device_get(metrics)
-      loss = float(np.asarray(metrics['loss'])[0])
-      if not math.isfinite(loss):
-        raise NonFiniteError(
-            f'training stopped: the loss became {loss} in epoch {number}, step '
-            f'{step_in_epoch + 1} of {steps_per_epoch} (global step '
-            f'{epoch * steps_per_epoch + step_in_epoch + 1}). Nothing of this epoch '
-            f'was saved; ' + _last_good(run_dir))
-      preds.append(np.asarray(metrics['predictions']).reshape(-1))
-      targets.append(np.asarray(metrics['targets']).reshape(-1))
-      if bar is not None:
-        bar.update(config.batch_size)
-        bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
-
-    if epoch * steps_per_epoch <= config.debug_nan_at_step < number * steps_per_epoch:
-      batches = _with_nan_targets(batches, config.debug_nan_at_step -
-                                  epoch * steps_per_epoch)
-    t_train = time.perf_counter()
-    try:
-      for i, device_batch in enumerate(training.prefetch_to_device(batches,
-                                                                   DEVICE_PREFETCH)):
-        train_state, metrics = train_step(train_state, device_batch)
-        if pending is not None:
-          consume(pending)  # The previous step's, while this one runs.
-        pending = (metrics, i)
-      consume(pending)
-    finally:
-      if bar is not None:
-        bar.close()
-    jax.block_until_ready(train_state)
-    train_seconds = time.perf_counter() - t_train
-    train_pred, train_target = _gather_batches(np.stack(preds)), _gather_batches(
-        np.stack(targets))
-
-    holdout_pred, holdout_target, eval_seconds = evaluate(train_state.params,
-                                                         train_state.state)
-    host = training.unreplicate(train_state)
-    if not (np.all(np.isfinite(holdout_pred)) and _all_finite(host.params)):
-      raise NonFiniteError(
-          f'training stopped: non-finite parameters or held-out predictions after epoch '
-          f'{number} (step {int(host.step)}). Nothing of this epoch was saved; '
-          + _last_good(run_dir))
-    record = dict(
-        epoch=number, step=int(host.step),
-        train=summarise(train_pred, train_target),
-        holdout=summarise(holdout_pred, holdout_target),
-        train_seq_per_s=len(train_pred) / train_seconds,
-        eval_seq_per_s=len(holdout_pred) / eval_seconds,
-        train_seconds=train_seconds, eval_seconds=eval_seconds,
-        epoch_seconds=time.perf_counter() - t_epoch)
-    is_best = (math.isfinite(record['holdout']['pearson']) and
-               record['holdout']['pearson'] > best_pearson)
+    if stopped:
+      break
+    where.epoch = epoch + 1
+    where.check_stop()
+    train_state, record, host, evaluated = run_epoch(run, train_state, epoch)
+    pearson = record['holdout']['pearson']
+    is_best = math.isfinite(pearson) and pearson > best_pearson
     if is_best:
-      best_epoch, best_pearson = number, record['holdout']['pearson']
+      best_epoch, best_pearson = epoch + 1, pearson
     record['best_epoch'] = best_epoch
     history.append(record)
-
-    if is_writer:
-      if is_best:
-        save(checkpoint_lib.best_checkpoint_path(run_dir), host, number, best_epoch)
-      save(checkpoint_lib.epoch_checkpoint_path(run_dir, number), host, number,
-           best_epoch)
-      checkpoint_lib.prune_checkpoints(run_dir, config.keep_checkpoints)
-      write_metrics_file(run_dir, history)
-      plot_history(run_dir, history, noise_ceiling, title)
-    tr, ho = record['train'], record['holdout']
-    log(f'epoch {number}/{config.num_epochs}: train loss {tr["loss"]:.4f} r '
-        f'{tr["pearson"]:.4f} | held-out loss {ho["loss"]:.4f} mse {ho["mse"]:.3f} '
-        f'mae {ho["mae"]:.3f} r {ho["pearson"]:.4f} rho {ho["spearman"]:.4f} | '
-        f'{record["train_seq_per_s"]:.0f} seq/s, {record["epoch_seconds"]:.0f} s'
-        + (' [best]' if is_best else ''))
-
+    save_epoch(run, host, evaluated, history, is_best, best_epoch)
+    log(_epoch_line(record, config.num_epochs, is_best))
+    stopped = recipe_lib.should_stop(_holdout_pearsons(history), patience)
+    if stopped:
+      log(f'early stop: {patience} epoch(s) without a better held-out Pearson')
   log(f'done: best epoch {best_epoch} with held-out Pearson {best_pearson:.4f}'
-      + (f' (noise ceiling {noise_ceiling:.4f})' if noise_ceiling else '')
-      + f'; {checkpoint_lib.best_checkpoint_path(run_dir)}')
+      + (f' (noise ceiling {run_data.noise_ceiling:.4f})' if run_data.noise_ceiling
+         else '') + f'; {checkpoint_lib.best_checkpoint_path(config.run_dir)}')
   return TrainResult(train_state=training.unreplicate(train_state), history=history,
                      best_epoch=best_epoch, best_pearson=best_pearson,
-                     noise_ceiling=noise_ceiling, run_dir=run_dir)
+                     noise_ceiling=run_data.noise_ceiling, run_dir=config.run_dir,
+                     stopped_early=stopped)
 
 
 def _with_nan_targets(batches, index: int):
@@ -689,9 +1064,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                     "The seed's dropout (0.4 in the transformer, 0.05 at the end); "
                     '--nodropout sets every rate to zero.', **fv)
   flags.DEFINE_integer('crop_start', d.crop_start,
-                       'First position of the window in the 110 bp encoding; -1: '
-                       '(110 - input_length) * 3 // 5, i.e. 15 for 85 bp (the seed).',
-                       **fv)
+                       'First position of the window in the 110 bp encoding (with '
+                       '--plasmid_context=C: in the rows of C plasmid bases, the 110 bp, '
+                       'C plasmid bases); -1: C + (110 - input_length) * 3 // 5, i.e. 15 '
+                       'for 85 bp without context (the seed).', **fv)
   flags.DEFINE_list('shifts', [str(s) for s in d.shifts], 'Window shifts in training.',
                     **fv)
   flags.DEFINE_enum('shift_mode', d.shift_mode, ['expand', 'random'],
@@ -703,8 +1079,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        'Global batch size (all devices, all processes).', **fv)
   flags.DEFINE_integer('eval_batch_size', d.eval_batch_size, 'Evaluation batch size.',
                        **fv)
-  flags.DEFINE_float('learning_rate', d.learning_rate, 'SGD learning rate.', **fv)
-  flags.DEFINE_float('momentum', d.momentum, 'SGD momentum.', **fv)
   flags.DEFINE_integer('num_epochs', d.num_epochs, 'Epochs to train (in all).', **fv)
   flags.DEFINE_integer('seed', d.seed, 'Seed of the parameters and the data order.', **fv)
   flags.DEFINE_enum('compute_dtype', d.compute_dtype, ['float32', 'bfloat16'],
@@ -714,6 +1088,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        **fv)
   flags.DEFINE_integer('debug_nan_at_step', d.debug_nan_at_step,
                        'Testing only: NaN targets at this 0-based global step.', **fv)
+  define_recipe_flags(flag_values)
   flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --run_dir.',
                     **fv)
   flags.DEFINE_bool('overwrite', False,
@@ -721,6 +1096,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                     **fv)
   flags.DEFINE_bool('progress', True,
                     'Progress bar with throughput (only on a terminal).', **fv)
+  flags.DEFINE_integer('log_every_steps', 100,
+                       'Without a progress bar (output not a terminal, or '
+                       '--noprogress): a line with epoch, step, loss and seq/s every '
+                       'this many steps; 0: none.', **fv)
   # Multi-process jobs (launch/README.md); under SLURM and on TPU pods JAX reads these
   # from the environment.
   flags.DEFINE_string('coordinator_address', None,
@@ -733,6 +1112,65 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_list('local_device_ids', None,
                     'GPUs this process drives, e.g. 0,1,2,3,4,5,6,7 (default: all; under '
                     'SLURM, JAX gives each task one GPU).', **fv)
+
+
+def define_recipe_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """One flag per field of recipe.Recipe (see its docstring); defaults are the seed's."""
+  d = recipe_lib.Recipe()
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_enum('optimizer', d.optimizer, list(recipe_lib.OPTIMIZERS),
+                    "sgd (with --momentum; the seed's), adam or adamw.", **fv)
+  flags.DEFINE_float('learning_rate', d.learning_rate,
+                     'Learning rate; with a --schedule, its peak.', **fv)
+  flags.DEFINE_float('momentum', d.momentum, 'SGD momentum.', **fv)
+  flags.DEFINE_float('b1', d.b1, 'Adam / AdamW first-moment decay.', **fv)
+  flags.DEFINE_float('b2', d.b2, 'Adam / AdamW second-moment decay.', **fv)
+  flags.DEFINE_float('eps', d.eps, 'Adam / AdamW epsilon.', **fv)
+  flags.DEFINE_float('weight_decay', d.weight_decay,
+                     'AdamW decoupled weight decay, on weight matrices only (not on '
+                     'biases or BatchNorm / LayerNorm scales and offsets).', **fv)
+  flags.DEFINE_float('clip_global_norm', d.clip_global_norm,
+                     'Clip gradients to this global norm; 0: no clipping.', **fv)
+  flags.DEFINE_enum('schedule', d.schedule, list(recipe_lib.SCHEDULES),
+                    'Learning rate over the --num_epochs of the run: constant (the '
+                    "seed's), warmup_cosine (linear warmup, cosine decay) or one_cycle "
+                    "(PyTorch's OneCycleLR, cosine).", **fv)
+  flags.DEFINE_float('warmup_fraction', d.warmup_fraction,
+                     'warmup_cosine: share of the steps spent warming up from 0.', **fv)
+  flags.DEFINE_float('end_lr_fraction', d.end_lr_fraction,
+                     'warmup_cosine: final learning rate as a fraction of the peak.', **fv)
+  flags.DEFINE_float('one_cycle_pct_start', d.one_cycle_pct_start,
+                     'one_cycle: share of the steps spent rising to the peak.', **fv)
+  flags.DEFINE_float('one_cycle_div_factor', d.one_cycle_div_factor,
+                     'one_cycle: the start is the peak divided by this.', **fv)
+  flags.DEFINE_float('one_cycle_final_div_factor', d.one_cycle_final_div_factor,
+                     'one_cycle: the end is the start divided by this.', **fv)
+  flags.DEFINE_float('ema_decay', d.ema_decay,
+                     'Polyak (EMA) averaging of the parameters after every step, used '
+                     'for evaluation, the best epoch and checkpoints; 0: off.', **fv)
+  flags.DEFINE_bool('reverse_complement', d.reverse_complement,
+                    'Training: reverse-complement each example with probability 1/2.',
+                    **fv)
+  flags.DEFINE_bool('eval_reverse_complement', d.eval_reverse_complement,
+                    'Evaluation (and experiments.predict by default): average the '
+                    'predictions for both strands.', **fv)
+  flags.DEFINE_integer('plasmid_context', d.plasmid_context,
+                       'Bases of the real plasmid added on each side of the 110 bp '
+                       f'construct (0..{plasmid.MAX_CONTEXT}), for longer '
+                       '--input_length or wider --shifts; 0: none.', **fv)
+  flags.DEFINE_integer('bn_recalibration_batches', d.bn_recalibration_batches,
+                       'Before each evaluation, re-estimate the BatchNorm averages on '
+                       'this many training batches in training mode without dropout; '
+                       '0: off.', **fv)
+  flags.DEFINE_integer('early_stopping_patience', d.early_stopping_patience,
+                       'Stop after this many epochs without a better held-out Pearson; '
+                       '0: never.', **fv)
+  flags.DEFINE_enum('loss', d.loss, list(recipe_lib.LOSSES),
+                    "poisson (Keras'; the seed's), mse, or soft_bin (LegNet's soft-bin "
+                    'targets over 18 bins with a KL loss; the model gets an 18-bin head '
+                    'and predicts the expectation).', **fv)
+  flags.DEFINE_float('soft_bin_sigma', d.soft_bin_sigma,
+                     'soft_bin: standard deviation of the target distribution.', **fv)
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
@@ -763,6 +1201,19 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
+def _exit_interrupted(line: str) -> None:
+  """Prints the one line and exits with 130 (128 + SIGINT) at once.
+
+  Every file is written whole or not at all (atomic writes, Ctrl-C deferred while an
+  epoch's files are written), so nothing is left to clean up; skipping the interpreter's
+  teardown (TensorFlow's and JAX's threads) keeps the exit immediate.
+  """
+  print(distributed.process_label() + line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(130)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -773,19 +1224,26 @@ def main(argv):
     distributed.initialize(distributed_config_from_flags())
   except distributed.DistributedError as e:
     _fail(str(e))
-  config = config_from_flags()
+  try:
+    config = config_from_flags()
+  except ValueError as e:
+    _fail(f'bad flags: {e}')
   # Before TensorFlow is imported: a missing file is reported at once.
   if config.synthetic_rows <= 0 and not os.path.exists(config.train_file):
     _fail(missing_train_file_message(config.train_file))
+  progress = FLAGS.progress and sys.stderr.isatty()
   try:
-    train(config, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
-          progress=FLAGS.progress and sys.stderr.isatty())
+    train(config, resume=FLAGS.resume, overwrite=FLAGS.overwrite, progress=progress,
+          log_every_steps=0 if progress else FLAGS.log_every_steps)
   except (TrainingError, dream_data.DreamDataError,
           checkpoint_lib.CheckpointError) as e:
     _fail(str(e))
+  except (Interrupted, KeyboardInterrupt) as e:
+    _exit_interrupted(str(e) if isinstance(e, Interrupted) else
+                      'interrupted before training started')
 
 
 if __name__ == '__main__':
   _runtime.reexec_with_jemalloc()
   define_flags()
-  app.run(main)
+  _runtime.run(main)

@@ -254,3 +254,17 @@ def test_batch_norm_state_moves_only_in_training(seed_model):
   for name, entries in train_state.items():
     assert int(entries['counter']) == int(state[name]['counter']) + 1
     assert not np.allclose(entries['hidden'], state[name]['hidden']), name
+
+
+def test_predict_fn_of_a_soft_bin_head_is_the_expectation_over_its_bins():
+  config = config_lib.seed_config(85).with_soft_bin_head(18)
+  x = jax.nn.one_hot(np.random.default_rng(0).integers(0, 4, (3, 85)), 4)
+  params, state = model.init(config, jax.random.PRNGKey(0))
+  logits, _ = model.make_model(config).apply(params, state, None, x, is_training=False)
+  logits = np.asarray(logits['yeast'], np.float64)  # [3, 18]
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  expected = (p * np.arange(18)).sum(-1, keepdims=True)  # bins valued 0..17
+  got = model.predict_fn(config)(params, state, x)
+  assert got.shape == (3, 1)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)

@@ -153,6 +153,37 @@ def test_predict_writes_tsv_and_json_in_input_order_with_model_values(setup):
   assert 'pearson' in result.stdout
 
 
+def test_metrics_are_correlations_only_because_scales_differ(setup):
+  """Measured values on another scale (the test set's MAUDE scale): MSE and MAE would
+  read like a bug, so only Pearson and Spearman are printed and written, with why."""
+  tmp = setup['tmp']
+  maude = setup['measured'] * 3.0 - 20.0  # another scale: correlations unchanged
+  data = tmp / 'maude.tsv'
+  data.write_text(''.join(f'{s}\t{m}\n' for s, m in zip(setup['sequences'], maude)))
+  result = run_module(
+      'experiments.predict', f'--checkpoint={setup["ckpt_path"]}', f'--input={data}',
+      f'--output_tsv={tmp / "maude_out.tsv"}',
+      f'--output_metrics_json={tmp / "maude.json"}', '--batch_size=16', '--noprogress',
+      cache=setup['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  expected = reference_predictions(setup['ckpt'], setup['sequences'])
+  found = json.loads((tmp / 'maude.json').read_text())
+  assert {k for k in found if k in ('pearson', 'spearman', 'mse', 'mae')} == {
+      'pearson', 'spearman'}
+  assert found['pearson'] == pytest.approx(metrics.pearson_r(expected, maude), abs=1e-4)
+  assert found['spearman'] == pytest.approx(metrics.spearman_rho(expected, maude),
+                                            abs=1e-4)
+  lines = result.stdout.splitlines()
+  metric_line = next(i for i, l in enumerate(lines)
+                     if l.startswith('against the measured values: '))
+  assert lines[metric_line] == (
+      f'against the measured values: pearson {found["pearson"]:.4f}, '
+      f'spearman {found["spearman"]:.4f}')
+  assert lines[metric_line + 1] == predict.SCALE_NOTE
+  assert 'MAUDE' in predict.SCALE_NOTE
+  assert not any(w in result.stdout.lower() for w in ('mse', 'mae '))
+
+
 def test_reverse_complement_average_is_the_mean_of_both_strands(setup):
   tmp = setup['tmp']
   result = run_module(

@@ -1,0 +1,287 @@
+"""Training recipes: optimizer, schedule, augmentation, averaging, loss (no flags here).
+
+`Recipe()` is the seed's recipe and builds exactly the seed's optimizer
+(`optax.sgd(0.01, momentum=0.9)`, no schedule, clipping, decay or averaging); every other
+field is an option for data sets far smaller than the challenge's 6.7 M rows, where a
+constant-rate SGD recipe built for 300 epochs is the wrong tool.
+
+Everything here is a function of the recipe and the global step, so that a run resumed
+from a checkpoint (which holds the optimizer state, step count included) continues the
+schedule exactly where it stopped.
+
+The soft-bin targets follow the DREAM 2022 winner, LegNet (Penzar et al., Bioinformatics
+2023; autosome-ru/LegNet): 18 expression bins 0..17, the target distribution of a
+measured value y the mass that a normal distribution with mean y + 0.5 and standard
+deviation 0.5 puts on the intervals (-inf, 1], (1, 2], ..., (16, 17], (17, inf); a
+Kullback-Leibler loss (batch mean) against the softmax of the head's 18 logits; the
+prediction the expectation sum_k k * softmax_k.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+SCHEDULES = ('constant', 'warmup_cosine', 'one_cycle')
+LOSSES = ('poisson', 'mse', 'soft_bin')
+# LegNet's bins: the challenge's expression values are 0..17.
+NUM_SOFT_BINS = 18
+# Parameters with this name are weight matrices / kernels (hk.Linear, hk.Conv1D); all
+# others (biases, BatchNorm and LayerNorm scales and offsets, the attention's relative
+# position biases) are left out of weight decay.
+DECAYED_PARAM_NAME = 'w'
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How a model is trained, apart from the model, the data and the batch geometry.
+
+  Attributes:
+    optimizer: 'sgd' (with momentum; the seed's), 'adam' or 'adamw'.
+    learning_rate: the constant rate, or the peak of a schedule.
+    momentum: SGD momentum.
+    b1, b2, eps: Adam / AdamW moment decays and epsilon.
+    weight_decay: AdamW's decoupled weight decay (scaled by the learning rate, as in
+      PyTorch's AdamW), applied to weight matrices only (`decay_mask`).
+    clip_global_norm: clip the gradient to this global norm first; 0: no clipping.
+    schedule: 'constant' (the seed's), 'warmup_cosine' (linear warmup from 0 over
+      `warmup_fraction` of the steps, then cosine decay to `end_lr_fraction` x peak)
+      or 'one_cycle' (cosine up from peak / `one_cycle_div_factor` over
+      `one_cycle_pct_start` of the steps, then cosine down to that start value /
+      `one_cycle_final_div_factor`: PyTorch's OneCycleLR, as LegNet used it).
+    ema_decay: Polyak averaging of the parameters after every step,
+      ema <- decay * ema + (1 - decay) * params, starting from the initial parameters;
+      0: off. When on, the average is what is evaluated, selected and checkpointed.
+    reverse_complement: training augmentation: each example reverse-complemented with
+      probability 1/2.
+    eval_reverse_complement: evaluation and prediction average each prediction with
+      that of the reverse-complemented window.
+    plasmid_context: bases of the real plasmid added on each side of the 110 bp
+      construct (`plasmid.py`), so that windows may be longer than 110 bp or shifted
+      further; 0: none (the seed's).
+    bn_recalibration_batches: before each evaluation, re-estimate the BatchNorm
+      averages as the mean of the batch statistics of this many training batches in
+      training mode without dropout (the averages collected under dropout do not fit
+      eval mode); 0: off.
+    early_stopping_patience: stop when this many epochs in a row have not improved
+      the best held-out Pearson; 0: never.
+    loss: 'poisson' (Keras' Poisson loss; the seed's), 'mse' or 'soft_bin' (LegNet's
+      soft-bin targets with a KL loss; needs the soft-bin head,
+      `EnformerConfig.with_soft_bin_head`).
+    soft_bin_sigma: standard deviation of the soft-bin target distribution.
+  """
+  optimizer: str = 'sgd'
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  clip_global_norm: float = 0.0
+  schedule: str = 'constant'
+  warmup_fraction: float = 0.1
+  end_lr_fraction: float = 0.0
+  one_cycle_pct_start: float = 0.3
+  one_cycle_div_factor: float = 25.0
+  one_cycle_final_div_factor: float = 1e4
+  ema_decay: float = 0.0
+  reverse_complement: bool = False
+  eval_reverse_complement: bool = False
+  plasmid_context: int = 0
+  bn_recalibration_batches: int = 0
+  early_stopping_patience: int = 0
+  loss: str = 'poisson'
+  soft_bin_sigma: float = 0.5
+
+  def __post_init__(self):
+    for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES),
+                          ('loss', LOSSES)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'{name} must be one of {", ".join(allowed)}; got '
+                         f'{getattr(self, name)!r}')
+    if self.weight_decay and self.optimizer != 'adamw':
+      raise ValueError(f'weight_decay ({self.weight_decay}) needs optimizer adamw '
+                       f'(decoupled decay); got {self.optimizer!r}')
+    checks = (
+        ('learning_rate', self.learning_rate > 0), ('ema_decay', 0 <= self.ema_decay < 1),
+        ('weight_decay', self.weight_decay >= 0),
+        ('clip_global_norm', self.clip_global_norm >= 0),
+        ('warmup_fraction', 0 <= self.warmup_fraction < 1),
+        ('one_cycle_pct_start', 0 < self.one_cycle_pct_start < 1),
+        ('plasmid_context', self.plasmid_context >= 0),
+        ('bn_recalibration_batches', self.bn_recalibration_batches >= 0),
+        ('early_stopping_patience', self.early_stopping_patience >= 0),
+        ('soft_bin_sigma', self.soft_bin_sigma > 0))
+    bad = [name for name, ok in checks if not ok]
+    if bad:
+      raise ValueError('out of range: ' + ', '.join(
+          f'{name}={getattr(self, name)!r}' for name in bad))
+
+  @property
+  def uses_schedule_length(self) -> bool:
+    """Whether the learning rate depends on the total number of steps."""
+    return self.schedule != 'constant'
+
+
+def learning_rate_schedule(recipe: Recipe, total_steps: int) -> Callable[[Any], Any]:
+  """The learning rate as a function of the step count (0-based), over `total_steps`."""
+  lr = recipe.learning_rate
+  if recipe.schedule == 'constant':
+    return optax.constant_schedule(lr)
+  if total_steps < 1:
+    raise ValueError(f'a {recipe.schedule} schedule needs total_steps >= 1, got '
+                     f'{total_steps}')
+  if recipe.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr,
+        warmup_steps=int(round(recipe.warmup_fraction * total_steps)),
+        decay_steps=total_steps, end_value=lr * recipe.end_lr_fraction)
+  return optax.cosine_onecycle_schedule(
+      transition_steps=total_steps, peak_value=lr,
+      pct_start=recipe.one_cycle_pct_start, div_factor=recipe.one_cycle_div_factor,
+      final_div_factor=recipe.one_cycle_final_div_factor)
+
+
+def decay_mask(params: Any) -> Any:
+  """True for the parameters weight decay applies to: weight matrices only.
+
+  params: a Haiku parameter tree {module: {name: array}}.
+  """
+  return {module: {name: name == DECAYED_PARAM_NAME for name in values}
+          for module, values in params.items()}
+
+
+class EmaState(NamedTuple):
+  """The state of `with_parameter_ema`: the inner optimizer's and the running average."""
+  inner: optax.OptState
+  ema: Any
+
+
+def with_parameter_ema(inner: optax.GradientTransformation,
+                       decay: float) -> optax.GradientTransformation:
+  """`inner`, also keeping an exponential moving average of the updated parameters.
+
+  Must come last: the average is of `params + updates`, the parameters the step
+  produces. Kept in the optimizer state, so that checkpoints and resuming carry it.
+  """
+  def init(params):
+    return EmaState(inner=inner.init(params),
+                    ema=jax.tree_util.tree_map(jnp.asarray, params))
+
+  def update(updates, state, params=None):
+    updates, inner_state = inner.update(updates, state.inner, params)
+    new_params = optax.apply_updates(params, updates)
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                 state.ema, new_params)
+    return updates, EmaState(inner=inner_state, ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: Any) -> Optional[Any]:
+  """The parameter average held by a `with_parameter_ema` state, else None."""
+  return opt_state.ema if isinstance(opt_state, EmaState) else None
+
+
+def make_optimizer(recipe: Recipe = Recipe(),
+                   total_steps: int = 0) -> optax.GradientTransformation:
+  """The recipe's optax optimizer; `Recipe()` gives `optax.sgd(0.01, momentum=0.9)`.
+
+  Args:
+    recipe: the recipe.
+    total_steps: steps of the whole run (the schedule's length); only schedules other
+      than 'constant' use it.
+  """
+  lr = (recipe.learning_rate if recipe.schedule == 'constant' else
+        learning_rate_schedule(recipe, total_steps))
+  if recipe.optimizer == 'sgd':
+    # A float rate (not a constant schedule): the seed's exact optimizer state.
+    optimizer = optax.sgd(lr, momentum=recipe.momentum)
+  elif recipe.optimizer == 'adam':
+    optimizer = optax.adam(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps)
+  else:
+    optimizer = optax.adamw(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps,
+                            weight_decay=recipe.weight_decay, mask=decay_mask)
+  if recipe.clip_global_norm > 0:
+    optimizer = optax.chain(optax.clip_by_global_norm(recipe.clip_global_norm),
+                            optimizer)
+  if recipe.ema_decay > 0:
+    optimizer = with_parameter_ema(optimizer, recipe.ema_decay)
+  return optimizer
+
+
+# ---------------------------------------------------------------------------
+# Soft-bin targets (LegNet).
+
+
+def soft_bin_targets(values: jnp.ndarray, sigma: float = 0.5,
+                     num_bins: int = NUM_SOFT_BINS) -> jnp.ndarray:
+  """[...] expression values -> [..., num_bins] target distributions.
+
+  Bin k (0 <= k < num_bins) gets the mass of N(value + 0.5, sigma^2) on (k, k + 1],
+  the first bin everything below 1 and the last everything above num_bins - 1.
+  """
+  edges = jnp.arange(1, num_bins, dtype=jnp.float32)
+  cdf = jax.scipy.stats.norm.cdf(
+      (edges - (values[..., None].astype(jnp.float32) + 0.5)) / sigma)
+  zeros = jnp.zeros(cdf.shape[:-1] + (1,), cdf.dtype)
+  ones = jnp.ones(cdf.shape[:-1] + (1,), cdf.dtype)
+  cumulative = jnp.concatenate([zeros, cdf, ones], axis=-1)
+  return cumulative[..., 1:] - cumulative[..., :-1]
+
+
+def soft_bin_loss(logits: jnp.ndarray, targets: jnp.ndarray,
+                  sigma: float = 0.5) -> jnp.ndarray:
+  """KL(target distribution || softmax(logits)), summed over bins, batch mean.
+
+  logits: [B, num_bins]; targets: [B, 1] or [B] expression values.
+  """
+  p = soft_bin_targets(jnp.reshape(targets, (-1,)), sigma, logits.shape[-1])
+  log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  kl = jax.scipy.special.xlogy(p, p) - p * log_q
+  return jnp.sum(kl) / logits.shape[0]
+
+
+def soft_bin_expectation(logits: jnp.ndarray) -> jnp.ndarray:
+  """[..., num_bins] logits -> [..., 1]: sum_k k * softmax_k (bins 0..num_bins-1)."""
+  bins = jnp.arange(logits.shape[-1], dtype=jnp.float32)
+  probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.sum(probabilities * bins, axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------
+# Early stopping.
+
+
+def epochs_since_best(holdout_pearsons: Sequence[Optional[float]]) -> int:
+  """Epochs completed after the best one (the first best; non-finite never best)."""
+  best_index, best = -1, -math.inf
+  for i, value in enumerate(holdout_pearsons):
+    if value is not None and math.isfinite(value) and value > best:
+      best_index, best = i, value
+  return len(holdout_pearsons) - 1 - best_index
+
+
+def should_stop(holdout_pearsons: Sequence[Optional[float]], patience: int) -> bool:
+  """Whether `patience` epochs in a row have not improved the best held-out Pearson."""
+  return patience > 0 and bool(holdout_pearsons) and (
+      epochs_since_best(holdout_pearsons) >= patience)
+
+
+def fields_as_dict(recipe: Recipe) -> dict:
+  return dataclasses.asdict(recipe)
+
+
+def from_fields(fields: Any) -> Recipe:
+  """A Recipe from any mapping or object holding (at least) its fields."""
+  get = fields.get if hasattr(fields, 'get') else (lambda k, d: getattr(fields, k, d))
+  defaults = Recipe()
+  return Recipe(**{f.name: get(f.name, getattr(defaults, f.name))
+                   for f in dataclasses.fields(Recipe)})
+
+
+RECIPE_FIELDS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe))

@@ -1,0 +1,101 @@
+"""Usage errors of the entry points: one error line and a hint, never the whole help."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+import pytest
+
+from experiments import _runtime
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Every command of experiments/: each goes through _runtime.run.
+ENTRY_POINTS = sorted(p.stem for p in (REPO_ROOT / 'experiments').glob('[!_]*.py')
+                      if "if __name__ == '__main__':" in p.read_text())
+
+
+def run_module(module, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', TF_ENABLE_ONEDNN_OPTS='0')
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')])
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_a_flagfile_without_its_flag_gets_the_flag_as_hint():
+  assert _runtime.usage_error_lines(['demo.flags']) == (
+      'error: unexpected argument: demo.flags',
+      'hint: a flagfile is given as --flagfile=demo.flags')
+
+
+def test_a_file_of_flags_under_another_name_is_a_flagfile_too(tmp_path):
+  path = tmp_path / 'my run.cfg'
+  path.write_text('# comment\n\n--num_epochs=3\n')
+  assert _runtime.usage_error_lines([str(path), 'extra']) == (
+      f"error: unexpected arguments: '{path}' extra",
+      f"hint: a flagfile is given as --flagfile='{path}'")
+
+
+@pytest.mark.parametrize('content', ['ACGT\t1.5\n', '# only a comment\n', None])
+def test_other_arguments_get_the_general_hint(tmp_path, content):
+  path = tmp_path / 'input.txt'
+  if content is not None:
+    path.write_text(content)
+  assert _runtime.usage_error_lines([str(path)]) == (
+      f'error: unexpected argument: {path}',
+      'hint: this command takes only flags (--name=value); --helpshort lists them')
+
+
+def test_the_entry_points_are_found():
+  assert {'train', 'predict', 'score', 'convert', 'prepare_data',
+          'make_synthetic_data'} <= set(ENTRY_POINTS)
+
+
+@pytest.mark.parametrize('entry_point', ENTRY_POINTS)
+def test_stray_flagfile_prints_two_lines_not_the_help(entry_point):
+  """`python -m experiments.train demo.flags`: the error and the hint, exit status 1."""
+  result = run_module(f'experiments.{entry_point}', 'demo.flags')
+  assert result.returncode == 1
+  assert result.stdout == ''
+  assert result.stderr.splitlines() == [
+      'error: unexpected argument: demo.flags',
+      'hint: a flagfile is given as --flagfile=demo.flags']
+
+
+def test_usage_error_raised_by_main_is_one_line_and_a_hint(tmp_path):
+  result = run_module('experiments.make_synthetic_data',
+                      f'--output={tmp_path / "x.txt"}', '--rows=-3')
+  assert result.returncode == 1
+  assert result.stdout == ''
+  assert result.stderr.splitlines() == ['error: num_rows must be >= 0, got -3',
+                                        'hint: --helpshort lists the flags']
+  assert not (tmp_path / 'x.txt').exists()
+
+
+def test_help_is_still_there_when_asked_for():
+  result = run_module('experiments.score', '--helpshort')
+  assert 'Scores' in result.stdout or 'score' in result.stdout
+  assert '--predictions' in result.stdout
+
+
+def test_positional_arguments_are_those_absl_leaves_over():
+  values = flags.FlagValues()
+  flags.DEFINE_string('input', None, '', flag_values=values)
+  flags.DEFINE_bool('resume', False, '', flag_values=values)
+  scan = lambda *args: _runtime.positional_arguments(args, values)
+  assert scan('--input', 'a.txt', '--resume', 'demo.flags') == ['demo.flags']
+  assert scan('--input=a.txt', 'b.txt', '--noresume', 'c') == ['b.txt', 'c']
+  assert scan('--flagfile', 'demo.flags', '-input', '-') == []  # '-' is the value
+  assert scan('--resume', '--', '--input', 'x') == ['--input', 'x']
+  assert scan('--unknown', 'x') == ['x']  # absl reports the unknown flag itself
+  for args in (['--input', 'a.txt', 'b'], ['--input=a.txt', 'b', '--resume', '--', 'c']):
+    assert scan(*args) == values(['prog', *args])[1:]
+
+
+def test_a_line_of_a_flagfile_that_is_not_a_flag_is_refused_too(tmp_path):
+  flagfile = tmp_path / 'run.flags'
+  flagfile.write_text('--predictions=x.tsv\nstray words\n')
+  result = run_module('experiments.score', f'--flagfile={flagfile}')
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[0] == "error: unexpected argument: 'stray words'"
