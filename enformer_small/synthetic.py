@@ -857,6 +857,17 @@ def _surviving_sites(codes: np.ndarray, planted: Sequence, n: int) -> PlantedSit
                       reverse, intact)
 
 
+def _blocks(config: SyntheticConfig, start: int,
+            stop: Optional[int]) -> Iterator[Tuple[int, int, int]]:
+  """(block, its first row, rows to generate of it) covering rows [start, stop)."""
+  stop = config.num_rows if stop is None else min(stop, config.num_rows)
+  if not 0 <= start <= stop:
+    raise ValueError(f'need 0 <= start <= stop, got {start}, {stop}')
+  for block in range(start // config.block_rows, -(-stop // config.block_rows)):
+    first = block * config.block_rows
+    yield block, first, min(config.block_rows, stop - first)
+
+
 def planted_sites(config: SyntheticConfig, start: int = 0,
                   stop: Optional[int] = None) -> PlantedSites:
   """The motif instances planted in rows [start, stop) of the data set `config` defines.
@@ -865,14 +876,10 @@ def planted_sites(config: SyntheticConfig, start: int = 0,
   `_plant` wrote; rows are numbered from `start`. The expression model never looks at
   this record, only at the final sequence.
   """
-  stop = config.num_rows if stop is None else min(stop, config.num_rows)
-  if not 0 <= start <= stop:
-    raise ValueError(f'need 0 <= start <= stop, got {start}, {stop}')
   parts = []
-  for block in range(start // config.block_rows, -(-stop // config.block_rows)):
-    first = block * config.block_rows
+  for block, first, count in _blocks(config, start, stop):
     found = []
-    _generate_block_rows(config, block, min(config.block_rows, stop - first), found)
+    _generate_block_rows(config, block, count, found)
     sites = found[0]
     keep = sites.row >= start - first
     parts.append(PlantedSites(sites.row[keep] + first - start, sites.motif[keep],
@@ -905,13 +912,9 @@ def generate(config: SyntheticConfig, start: int = 0,
 
   The same rows come out whatever range they are asked for in.
   """
-  stop = config.num_rows if stop is None else min(stop, config.num_rows)
-  if not 0 <= start <= stop:
-    raise ValueError(f'need 0 <= start <= stop, got {start}, {stop}')
   parts = []
-  for block in range(start // config.block_rows, -(-stop // config.block_rows)):
-    first = block * config.block_rows
-    rows = _generate_block_rows(config, block, min(config.block_rows, stop - first))
+  for block, first, count in _blocks(config, start, stop):
+    rows = _generate_block_rows(config, block, count)
     lo = max(start - first, 0)
     if lo:
       rows = SyntheticRows(rows.random_codes[lo:], rows.random_lengths[lo:],
