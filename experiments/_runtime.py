@@ -46,6 +46,15 @@ def run(main: Callable[[List[str]], Any]) -> None:
   app.run(functools.partial(_main_without_help, main), flags_parser=_parse_flags)
 
 
+def report_errors(run: Callable[[], Any], errors: Tuple[type, ...]) -> Any:
+  """`run()`, with each of `errors` (bad input) ended as one `error:` line, status 1."""
+  try:
+    return run()
+  except errors as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
 def usage_error_lines(args: Sequence[str]) -> Tuple[str, str]:
   """The error and hint lines for positional arguments, which no entry point takes."""
   flagfiles = [a for a in args if _looks_like_flagfile(a)]

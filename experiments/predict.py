@@ -326,12 +326,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   from enformer_small import scoring
-  try:
-    run()
-  except (PredictError, checkpoint_lib.CheckpointError, scoring.ScoringError,
-          ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  _runtime.report_errors(run, (PredictError, checkpoint_lib.CheckpointError,
+                               scoring.ScoringError, ValueError))
 
 
 if __name__ == '__main__':

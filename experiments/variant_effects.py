@@ -124,11 +124,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  try:
-    run()
-  except (VariantFlagsError, checkpoint_lib.CheckpointError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  _runtime.report_errors(
+      run, (VariantFlagsError, checkpoint_lib.CheckpointError, ValueError))
 
 
 if __name__ == '__main__':

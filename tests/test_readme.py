@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 
-from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -41,17 +40,7 @@ def code_blocks(language):
 PYTHON_BLOCKS = code_blocks('python')
 
 
-def parse_flagfile(name):
-  """The TrainConfig of a flagfile, read as `experiments.train` reads it."""
-  values = flags.FlagValues()
-  train_lib.define_flags(values)
-  cwd = os.getcwd()
-  os.chdir(REPO_ROOT)  # Nested --flagfile paths are relative to the repository root.
-  try:
-    values(['train', f'--flagfile={name}'])
-  finally:
-    os.chdir(cwd)
-  return train_lib.config_from_flags(values)
+from test_train_cli import parse_flagfile  # pytest puts tests/ on the path
 
 
 def demo_checkpoint(config, data):

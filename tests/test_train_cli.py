@@ -33,6 +33,7 @@ def run_train(*args, compile_cache=None, timeout=900):
 
 
 def parse_flagfile(name):
+  """The TrainConfig of a flagfile, read as `experiments.train` reads it."""
   values = flags.FlagValues()
   train_lib.define_flags(values)
   cwd = os.getcwd()
