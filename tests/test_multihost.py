@@ -8,6 +8,7 @@ fails ends the whole job within a bounded time instead of leaving the others han
 The processes run on CPU devices and talk through gloo over TCP on a free local port.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -37,10 +38,25 @@ CLUSTER_ENV_VARS = tuple(SLURM_ENV) + (
     'TPU_PROCESS_ADDRESSES', 'MEGASCALE_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_ADDRESS')
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+@contextlib.contextmanager
+def held_coordinator_address():
+  """'127.0.0.1:PORT' on a port held for the whole test.
+
+  The port stays bound here with SO_REUSEPORT, which the coordinator's gRPC server
+  sets too: the coordinator can bind it, while the kernel hands it to no one else and
+  any other bind without SO_REUSEPORT fails, so nothing can take it between the choice
+  and the coordinator's start (as a port merely found free and released could be).
+  """
+  with socket.socket() as held:
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(('127.0.0.1', 0))
+    yield f'127.0.0.1:{held.getsockname()[1]}'
+
+
+def test_the_held_port_refuses_other_binds():
+  with held_coordinator_address() as address, socket.socket() as other:
+    with pytest.raises(OSError):
+      other.bind(('127.0.0.1', int(address.rsplit(':', 1)[1])))
 
 
 def subprocess_env(cpu_devices: int) -> dict:
@@ -172,17 +188,17 @@ def runs(tmp_path_factory):
   config = train_lib.TrainConfig(synthetic_rows=80, synthetic_dir=str(data))
   dream_data.read_dream_file(train_lib.ensure_synthetic_file(config, lambda line: None),
                              cache_dir=data / 'cache')
-  address = f'127.0.0.1:{free_port()}'
-  procs = [subprocess.Popen(
-      _train_command(tmp / 'one', data), cwd=REPO_ROOT, env=subprocess_env(2),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-  for pid, run_dir in ((0, tmp / 'two'), (1, tmp / 'two_process1')):
-    procs.append(subprocess.Popen(
-        _train_command(run_dir, data, f'--coordinator_address={address}',
-                       '--num_processes=2', f'--process_id={pid}'),
-        cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
-  outputs = _wait(procs, timeout=600)
+  with held_coordinator_address() as address:
+    procs = [subprocess.Popen(
+        _train_command(tmp / 'one', data), cwd=REPO_ROOT, env=subprocess_env(2),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    for pid, run_dir in ((0, tmp / 'two'), (1, tmp / 'two_process1')):
+      procs.append(subprocess.Popen(
+          _train_command(run_dir, data, f'--coordinator_address={address}',
+                         '--num_processes=2', f'--process_id={pid}'),
+          cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT, text=True))
+    outputs = _wait(procs, timeout=600)
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out
   return dict(tmp=tmp, outputs=outputs)
@@ -270,13 +286,13 @@ def test_a_failing_process_ends_the_whole_job_promptly(how):
   the next collective, is terminated by JAX's coordination service with a message
   pointing at the other task: non-zero exit within seconds (5 s timeouts here, 30/60 s
   by default), never a hang."""
-  address = f'127.0.0.1:{free_port()}'
   started = time.monotonic()
-  procs = [subprocess.Popen([PYTHON, '-c', _FAILING_JOB, str(pid), address, how],
-                            cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-           for pid in (0, 1)]
-  outputs = _wait(procs, timeout=120)
+  with held_coordinator_address() as address:
+    procs = [subprocess.Popen([PYTHON, '-c', _FAILING_JOB, str(pid), address, how],
+                              cwd=REPO_ROOT, env=subprocess_env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in (0, 1)]
+    outputs = _wait(procs, timeout=120)
   seconds = time.monotonic() - started
   assert procs[1].returncode != 0
   assert procs[0].returncode != 0, outputs[0]
@@ -290,8 +306,18 @@ def test_a_failing_process_ends_the_whole_job_promptly(how):
 # Slow tier (--runslow): resuming, and the real entry point's failure path.
 
 
-def _start_two_processes(tmp, run_dirs, *extra, train_files=(None, None)):
-  address = f'127.0.0.1:{free_port()}'
+def _run_two_processes(tmp, run_dirs, *extra, train_files=(None, None), also=()):
+  """Runs the two processes of a job (and the commands `also`, at the same time) to
+  the end; returns (processes, outputs), the job's two first."""
+  with held_coordinator_address() as address:
+    procs = _start_two_processes(address, tmp, run_dirs, *extra, train_files=train_files)
+    procs += [subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(2),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for command in also]
+    return procs, _wait(procs, timeout=600)
+
+
+def _start_two_processes(address, tmp, run_dirs, *extra, train_files=(None, None)):
   procs = []
   for pid, (run_dir, train_file) in enumerate(zip(run_dirs, train_files)):
     more = [f'--train_file={train_file}', '--synthetic_rows=0'] if train_file else []
@@ -309,24 +335,19 @@ def test_every_process_resumes_from_the_same_checkpoint(runs):
   1 process x 2 devices. Processes that would start from different checkpoints (here:
   process 1 given a run directory without one) refuse to start, all of them."""
   tmp = runs['tmp']
-  procs = _start_two_processes(tmp, (tmp / 'two', tmp / 'two_process1'),
-                               '--resume', '--num_epochs=2')
-  outputs = _wait(procs, timeout=600)
+  procs, outputs = _run_two_processes(tmp, (tmp / 'two', tmp / 'two_process1'),
+                                      '--resume', '--num_epochs=2')
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 1, out
     assert 'disagree on start_epoch (process 0: 1, process 1: 0)' in out, out
   assert not (tmp / 'two_process1').exists()
 
-  procs = [subprocess.Popen(
-      _train_command(tmp / 'one', tmp / 'data', '--resume', '--num_epochs=2'),
-      cwd=REPO_ROOT, env=subprocess_env(2), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)]
-  procs += _start_two_processes(tmp, (tmp / 'two', tmp / 'two'), '--resume',
-                                '--num_epochs=2')
-  outputs = _wait(procs, timeout=600)
+  procs, outputs = _run_two_processes(
+      tmp, (tmp / 'two', tmp / 'two'), '--resume', '--num_epochs=2',
+      also=[_train_command(tmp / 'one', tmp / 'data', '--resume', '--num_epochs=2')])
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out
-  assert 'resuming from' in outputs[1]
+  assert 'resuming from' in outputs[0]
   one, two = (checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(tmp / n, 2))
               for n in ('one', 'two'))
   assert one.step == two.step == 22
@@ -340,9 +361,8 @@ def test_training_job_ends_when_one_process_cannot_start(tmp_path, runs):
   job ends with errors within JAX's default time limits (60 s exit barrier)."""
   missing = tmp_path / 'missing.txt'
   started = time.monotonic()
-  procs = _start_two_processes(runs['tmp'], (tmp_path / 'run', tmp_path / 'run'),
-                               train_files=(None, missing))
-  outputs = _wait(procs, timeout=600)
+  procs, outputs = _run_two_processes(runs['tmp'], (tmp_path / 'run', tmp_path / 'run'),
+                                      train_files=(None, missing))
   seconds = time.monotonic() - started
   assert procs[1].returncode != 0 and procs[0].returncode != 0
   assert f'[process 1 of 2] error: training file {missing} not found' in outputs[1]
