@@ -67,6 +67,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -482,11 +483,9 @@ def load_data(config: TrainConfig, log: Callable[[str], None]) -> RunData:
     raise TrainingError(missing_train_file_message(path))
   started = time.perf_counter()
   data = dream_data.read_dream_file(path, cache_dir=config.data_cache_dir)
+  check_holdout(path, len(data), config.num_holdout)
   train_rows, holdout_rows = dream_data.holdout_split(len(data), config.num_holdout,
                                                       config.split_seed)
-  if len(holdout_rows) == 0:
-    raise TrainingError('--num_holdout must be positive: the best epoch is chosen by '
-                        'held-out Pearson')
   noise_ceiling = holdout_noise_ceiling(config, data, holdout_rows)
   log(f'data: {path}: {len(data):,} rows ({len(train_rows):,} train, '
       f'{len(holdout_rows):,} held out) read in {time.perf_counter() - started:.1f} s'
@@ -496,6 +495,36 @@ def load_data(config: TrainConfig, log: Callable[[str], None]) -> RunData:
   return RunData(path=path, rows=dataset.with_plasmid_context(data, config.plasmid_context),
                  train_rows=train_rows, holdout_rows=holdout_rows,
                  noise_ceiling=noise_ceiling, data_id=data_id)
+
+
+def check_holdout(path: str, num_rows: int, num_holdout: int) -> None:
+  """Both parts of the split must be non-empty: the best epoch is chosen by held-out
+  Pearson, and training needs rows."""
+  if num_holdout <= 0:
+    raise TrainingError('--num_holdout must be positive: the best epoch is chosen by '
+                        'held-out Pearson')
+  if num_rows < 2:
+    raise TrainingError(
+        f'{path} has {num_rows} row(s): training needs at least 2 (one to train on, '
+        f'one held out).')
+  if num_holdout >= num_rows:
+    raise TrainingError(
+        f'{path} has {num_rows:,} row(s): --num_holdout={num_holdout:,} leaves none to '
+        f'train on. Hold out fewer rows (at least 1 and fewer than {num_rows:,}) or use '
+        f'a larger file.')
+
+
+def check_run_dir_writable(run_dir: str) -> None:
+  """Fails before data loading and compilation, not at the first save, where the run
+  directory cannot be created or written."""
+  try:
+    os.makedirs(run_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=run_dir, prefix='.write_test_'):
+      pass
+  except OSError as e:
+    raise TrainingError(
+        f'cannot write to the run directory {run_dir}: {e.strerror or e}. Make it '
+        f'writable, or choose another --run_dir.') from None
 
 
 def model_config_for(config: TrainConfig) -> config_lib.EnformerConfig:
@@ -949,6 +978,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         f'to continue that run, --overwrite to start afresh (its checkpoints are '
         f'deleted), or choose another --run_dir.')
   check_window(config)
+  if jax.process_index() == 0:
+    check_run_dir_writable(config.run_dir)
   where = Position()
   try:
     with _ctrl_c_between_steps(where):
@@ -1238,6 +1269,10 @@ def main(argv):
   except (TrainingError, dream_data.DreamDataError,
           checkpoint_lib.CheckpointError) as e:
     _fail(str(e))
+  except OSError as e:  # A disk filling up or a directory removed during the run.
+    _fail(f'{e.filename or config.run_dir}: {e.strerror or e}. Files are written whole '
+          f'or not at all: fix the cause and run again (--resume continues from the last '
+          f'checkpoint).')
   except (Interrupted, KeyboardInterrupt) as e:
     _exit_interrupted(str(e) if isinstance(e, Interrupted) else
                       'interrupted before training started')

@@ -3,10 +3,12 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 from absl import flags
+import pytest
 
 from enformer_small import checkpoint
 from experiments import train as train_lib
@@ -115,3 +117,40 @@ def test_tiny_run_then_nan_stop_on_resume(tmp_path):
   assert 'the loss became nan in epoch 2, step 1 of 15' in nan.stderr
   assert ckpt.read_bytes() == before
   assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [1]
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory\n')
+  result = run_train('--flagfile=demo.flags', f'--run_dir={blocker / "run"}',
+                     f'--synthetic_dir={tmp_path / "data"}', timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f'error: cannot write to the run directory {blocker / "run"}: Not a directory. '
+      'Make it writable, or choose another --run_dir.']
+  assert not (tmp_path / 'data').exists()  # Refused before the data was generated.
+
+
+def test_a_file_too_small_for_the_holdout_names_the_file_and_the_fix(tmp_path):
+  train_file = tmp_path / 'one_row.txt'
+  train_file.write_text('A' * 110 + '\t5.0\n')
+  result = run_train('--flagfile=demo.flags', '--synthetic_rows=0',
+                     f'--train_file={train_file}', '--num_holdout=637',
+                     f'--run_dir={tmp_path / "run"}',
+                     f'--data_cache_dir={tmp_path / "cache"}', timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert (f'error: {train_file} has 1 row(s): training needs at least 2 (one to train '
+          'on, one held out).') in result.stderr
+
+
+@pytest.mark.parametrize('num_rows, num_holdout, words', [
+    (1, 1, 'has 1 row(s): training needs at least 2'),
+    (5, 5, 'has 5 row(s): --num_holdout=5 leaves none to train on. Hold out fewer rows '
+           '(at least 1 and fewer than 5)'),
+    (5, 0, '--num_holdout must be positive')])
+def test_splits_without_train_or_held_out_rows_are_refused(num_rows, num_holdout, words):
+  with pytest.raises(train_lib.TrainingError, match=re.escape(words)):
+    train_lib.check_holdout('f.txt', num_rows, num_holdout)
+  train_lib.check_holdout('f.txt', 6, 5)
