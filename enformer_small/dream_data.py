@@ -47,8 +47,8 @@ Policies for unusual input (each one is tested, for every caller):
   with their own error class (scoring, predict) pass the message on unchanged.
 * Header lines are errors, not skipped: DREAM files have no header and a file
   with one is probably not the file the user meant. Line 1 "looks like a
-  header" when its expression is not a number and its other fields contain
-  letters other than A/C/G/T/N (e.g. `sequence<TAB>expression`), or, in a file
+  header" when its last field is not a number and its first field holds
+  characters other than A/C/G/T/N (e.g. `sequence<TAB>expression`), or, in a file
   without values, when it holds a letter that is no IUPAC nucleotide code
   (E, F, I, J, L, O, P, Q, X, Z: `sequence`); the message says so and asks to
   remove the line (`tail -n +2 FILE > NEW_FILE`).
@@ -350,9 +350,7 @@ class _Layout:
   columns: int = 2
 
   def expected(self) -> str:
-    if self.values_optional:
-      return _EXPECTED_LINE + " or 'sequence' (the same on every line)"
-    return _EXPECTED_LINE
+    return _EXPECTED_LINE if self.columns == 2 else "'sequence'"
 
 
 # Letters that are no IUPAC nucleotide code: no sequence holds them, headers do.
@@ -364,7 +362,7 @@ def _looks_like_header(fields: list[bytes], layout: _Layout) -> bool:
     return layout.columns == 1 and bool(_NOT_IUPAC.search(fields[0]))
   if _parse_number(fields[-1].strip()) is not None:
     return False
-  return any(re.search(rb'[^ACGTNacgtn]', f) for f in fields[:-1])
+  return bool(re.search(rb'[^ACGTNacgtn]', fields[0]))
 
 
 def _describe_columns(line: bytes, fields: list[bytes], layout: _Layout) -> str:
@@ -596,8 +594,9 @@ def _parse_buffer(path: str, buf: np.ndarray, layout: _Layout,
     buf = buf[3:]
   buf, trailing_blank = _strip_trailing_blank(buf)
   if buf.shape[0] == 0:
+    either = " or 'sequence'" if layout.values_optional else ''
     raise DreamDataError(f'{path}:1: empty file; expected lines '
-                         f'{layout.expected()}')
+                         f'{_EXPECTED_LINE}{either}')
   line_starts, line_ends = _line_bounds(buf)
   num_lines = line_starts.shape[0]
   tabs = _find_bytes(buf, _TAB)
