@@ -141,12 +141,13 @@ class DreamFileNotFoundError(DreamDataError, FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class ReadReport:
-  """What `read_dream_file` found in a file (everything counted, nothing hidden).
+  """What the reader found in a file (everything counted, nothing hidden).
 
   Lengths are the original sequence lengths, before padding / truncation to
   `SEQUENCE_LENGTH` (`length_counts`: length -> rows). `total_n` counts N bases
   over whole sequences, including any part cut off by truncation.
-  `integer_share` is the fraction of rows whose expression is a whole number.
+  `integer_share` is the fraction of rows whose expression is a whole number;
+  the expression figures are NaN for a file without values (`read_dream_table`).
   `skipped_lines` maps a policy's reason to the number of lines it set aside;
   no policy drops data rows. `content_hash` is the blake2b hex digest of the
   file's bytes ('' when read with use_cache=False); `cache_path` is the cache
@@ -579,6 +580,7 @@ def _line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class _Parsed:
+  """`_parse_buffer`'s rows; `buf` and `sequence_starts` locate their text."""
   codes: np.ndarray
   expression: np.ndarray | None
   lengths: np.ndarray
