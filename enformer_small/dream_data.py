@@ -1,39 +1,57 @@
 """Reading, validating, encoding and caching Random Promoter DREAM files.
 
+The one reader of the project's `sequence<TAB>value` files: training rows
+(`read_dream_file`, cached, float32, millions of rows), the measured test set
+(`scoring.read_test_set`) and predict's input (`experiments/predict.py`), the
+last two through `read_dream_table`, which keeps the sequences as text. All of
+them run the same parser with the same policies; what legitimately differs
+between callers is an argument, never another parser:
+
+* `allow_negative`: training targets are non-negative expression bins, so a
+  negative value is an error by default; the test set's measurements (MAUDE
+  scale, -1.40..1.66) and predict's inputs are read with `allow_negative=True`.
+* `values_optional` (`read_dream_table` only): predict also takes bare
+  sequences, one per line. Line 1 decides whether the file has values, and
+  every line must then have the same columns. Training and scoring require
+  values.
+
 File format (the challenge's `train_sequences.txt`, the test set's measured
 values): one row per line, `sequence<TAB>expression`, no header. Plain text or
 gzip (detected from the magic bytes, whatever the file is called). Windows line
-endings (CRLF) are accepted, the last line may lack its newline and blank lines
-at the very end of the file are ignored.
+endings (CRLF) are accepted, the last line may lack its newline, blank lines
+at the very end of the file are ignored and a UTF-8 byte-order mark at the
+start (some editors write one) is skipped.
 
 Encoding (as the seed did with janggu): A, C, G, T (any case) -> codes 0..3,
 every other letter -> `PAD_CODE` (4, an all-zero one-hot column). Every row is
 brought to `SEQUENCE_LENGTH` (110) by truncating the end or padding the end
-with `PAD_CODE`. Codes are kept as compact uint8 [N, 110]; `one_hot` expands
-them at the last moment.
+with `PAD_CODE`: any length is accepted (counted in the report), because the
+encoding defines what a short or long row means. Codes are kept as compact
+uint8 [N, 110]; `one_hot` expands them at the last moment. Sequences kept as
+text (`read_dream_table`) are exactly as written: case kept.
 
 The whole file is processed with vectorised numpy (byte buffer, newline and tab
 positions, a 256-entry lookup table, chunked row gathers, bulk float parsing):
 the 6,739,258-row training file takes seconds, not hours.
 
-Policies for unusual input (each one is tested):
+Policies for unusual input (each one is tested, for every caller):
 
 * Bad rows are errors, never silently dropped. `DreamDataError` messages start
   with `path:line: ` (1-based line), say what is wrong and what was expected,
   and name the *first* offending line of the file. Errors: empty file, blank
-  line before the end of the file, missing tab, extra columns, empty sequence,
-  a character in the sequence that is not a letter (digits, spaces, ...), a
-  sequence without any A/C/G/T (e.g. only N), a missing, non-numeric, NaN or
-  infinite expression, and a negative expression unless `allow_negative=True`.
+  line before the end of the file, missing tab, extra columns, a line whose
+  columns differ from line 1's (values optional), empty sequence, a character
+  in the sequence that is not a letter (digits, spaces, ...), a sequence
+  without any A/C/G/T (e.g. only N), a missing, non-numeric, NaN or infinite
+  expression, and a negative expression unless `allow_negative=True`. Callers
+  with their own error class (scoring, predict) pass the message on unchanged.
 * Header lines are errors, not skipped: DREAM files have no header and a file
   with one is probably not the file the user meant. Line 1 "looks like a
-  header" when its expression is not a number and its other fields contain
-  letters other than A/C/G/T/N (e.g. `sequence<TAB>expression`); the message
-  says so and asks to remove the line (`tail -n +2 FILE > NEW_FILE`).
-* Negative expression: training files hold non-negative expression (0..17), so
-  by default a negative value is an error. The official test set's measured
-  values are on another scale (MAUDE, -1.40..1.66): read such files with
-  `allow_negative=True`.
+  header" when its last field is not a number and its first field holds
+  characters other than A/C/G/T/N (e.g. `sequence<TAB>expression`), or, in a file
+  without values, when it holds a letter that is no IUPAC nucleotide code
+  (E, F, I, J, L, O, P, Q, X, Z: `sequence`); the message says so and asks to
+  remove the line (`tail -n +2 FILE > NEW_FILE`).
 * Letters other than A/C/G/T/N in a sequence that has bases (IUPAC codes such
   as R or Y): kept and encoded as `PAD_CODE` like N; counted in
   `ReadReport.rows_with_other_letters` / `total_other_letters`.
@@ -110,6 +128,7 @@ def _class_table() -> np.ndarray:
 _CODE_TABLE = _code_table()
 _CLASS_TABLE = _class_table()
 _EXPECTED_LINE = "'sequence<TAB>expression'"
+_BOM = b'\xef\xbb\xbf'  # UTF-8 byte-order mark, written by some editors.
 
 
 class DreamDataError(ValueError):
@@ -122,12 +141,13 @@ class DreamFileNotFoundError(DreamDataError, FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class ReadReport:
-  """What `read_dream_file` found in a file (everything counted, nothing hidden).
+  """What the reader found in a file (everything counted, nothing hidden).
 
   Lengths are the original sequence lengths, before padding / truncation to
   `SEQUENCE_LENGTH` (`length_counts`: length -> rows). `total_n` counts N bases
   over whole sequences, including any part cut off by truncation.
-  `integer_share` is the fraction of rows whose expression is a whole number.
+  `integer_share` is the fraction of rows whose expression is a whole number;
+  the expression figures are NaN for a file without values (`read_dream_table`).
   `skipped_lines` maps a policy's reason to the number of lines it set aside;
   no policy drops data rows. `content_hash` is the blake2b hex digest of the
   file's bytes ('' when read with use_cache=False); `cache_path` is the cache
@@ -323,37 +343,64 @@ def _snippet(text: bytes, limit: int = 60) -> str:
   return shown[:-1] + '...' + shown[-1] if len(text) > limit else shown
 
 
-def _looks_like_header(fields: list[bytes]) -> bool:
-  if len(fields) < 2 or _parse_number(fields[-1].strip()) is not None:
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """What a caller accepts. With optional values, line 1 settles `columns`."""
+  allow_negative: bool = False
+  values_optional: bool = False
+  columns: int = 2
+
+  def expected(self) -> str:
+    return _EXPECTED_LINE if self.columns == 2 else "'sequence'"
+
+
+# Letters that are no IUPAC nucleotide code: no sequence holds them, headers do.
+_NOT_IUPAC = re.compile(rb'[EFIJLOPQXZefijlopqxz]')
+
+
+def _looks_like_header(fields: list[bytes], layout: _Layout) -> bool:
+  if len(fields) == 1:
+    return layout.columns == 1 and bool(_NOT_IUPAC.search(fields[0]))
+  if _parse_number(fields[-1].strip()) is not None:
     return False
-  return any(re.search(rb'[^ACGTNacgtn]', f) for f in fields[:-1])
+  return bool(re.search(rb'[^ACGTNacgtn]', fields[0]))
 
 
-def _describe_bad_line(line: bytes, line_number: int,
-                       allow_negative: bool) -> str:
-  """What is wrong with one line, and what was expected."""
-  if line.endswith(b'\r'):
-    line = line[:-1]
-  if not line.strip(b' '):
-    return ('blank line; expected ' + _EXPECTED_LINE +
-            ' (blank lines are only allowed at the end of the file)')
-  if line_number == 1 and line.startswith(b'\xef\xbb\xbf'):
-    return ('file starts with a UTF-8 byte-order mark; expected plain ASCII '
-            'text (save the file without BOM)')
-  fields = line.split(b'\t')
-  if line_number == 1 and _looks_like_header(fields):
-    return (f'line looks like a header ({_snippet(line)}); DREAM files have no '
-            'header: remove the line (e.g. tail -n +2 FILE > NEW_FILE); '
-            f'expected {_EXPECTED_LINE} from line 1 on')
+def _describe_columns(line: bytes, fields: list[bytes], layout: _Layout) -> str:
+  """Why a line's column count is wrong ('' when it is right)."""
+  same = (' (line 1 has %d; every line must have the same columns)' %
+          layout.columns if layout.values_optional else '')
+  if layout.columns == 1:
+    return '' if len(fields) == 1 else (
+        f'found {len(fields)} tab-separated columns {_snippet(line)} where '
+        "line 1 has 1 (sequence only); expected 'sequence' on every line, as "
+        'on line 1')
   if len(fields) == 1:
     hint = ' (comma-separated? DREAM files are tab-separated)' if (
         b',' in line) else ''
     return (f'missing tab: expected 2 tab-separated columns {_EXPECTED_LINE}, '
-            f'found 1 column {_snippet(line)}{hint}')
+            f'found 1 column {_snippet(line)}{hint}{same}')
   if len(fields) > 2:
     return (f'extra columns: expected 2 tab-separated columns {_EXPECTED_LINE},'
             f' found {len(fields)} columns {_snippet(line)}')
-  sequence, expression = fields
+  return ''
+
+
+def _describe_bad_line(line: bytes, line_number: int, layout: _Layout) -> str:
+  """What is wrong with one line, and what was expected."""
+  if line.endswith(b'\r'):
+    line = line[:-1]
+  if not line.strip(b' '):
+    return ('blank line; expected ' + layout.expected() +
+            ' (blank lines are only allowed at the end of the file)')
+  fields = line.split(b'\t')
+  if line_number == 1 and _looks_like_header(fields, layout):
+    return (f'line looks like a header ({_snippet(line)}); DREAM files have no '
+            'header: remove the line (e.g. tail -n +2 FILE > NEW_FILE); '
+            f'expected {layout.expected()} from line 1 on')
+  if columns := _describe_columns(line, fields, layout):
+    return columns
+  sequence = fields[0]
   if not sequence:
     return 'empty sequence; expected a DNA sequence before the tab'
   classes = _CLASS_TABLE[np.frombuffer(sequence, np.uint8)]
@@ -366,6 +413,14 @@ def _describe_bad_line(line: bytes, line_number: int,
   if not (classes == _BASE).any():
     return (f'sequence {_snippet(sequence)} has no A, C, G or T (only N or '
             'other letters); expected a DNA sequence')
+  if layout.columns == 2:
+    return _describe_expression(fields[1], layout) or (
+        f'malformed line {_snippet(line)}; expected {layout.expected()}')
+  return f'malformed line {_snippet(line)}; expected {layout.expected()}'
+
+
+def _describe_expression(expression: bytes, layout: _Layout) -> str:
+  """Why an expression field is refused ('' when it is fine)."""
   if not expression.strip():
     return 'missing expression after the tab; expected a number'
   value = _parse_number(expression)
@@ -375,9 +430,9 @@ def _describe_bad_line(line: bytes, line_number: int,
   if not np.isfinite(value):
     return (f'expression {_snippet(expression)} is not finite; expected a '
             'finite number')
-  if value < 0 and not allow_negative:
+  if value < 0 and not layout.allow_negative:
     return _negative_message(expression.decode('latin-1'))
-  return f'malformed line {_snippet(line)}; expected {_EXPECTED_LINE}'
+  return ''
 
 
 def _negative_message(shown: str) -> str:
@@ -387,9 +442,9 @@ def _negative_message(shown: str) -> str:
 
 
 def _line_error(path: str, buf: np.ndarray, line_start: int, line_end: int,
-                line_number: int, allow_negative: bool) -> DreamDataError:
+                line_number: int, layout: _Layout) -> DreamDataError:
   line = buf[line_start:line_end].tobytes()
-  message = _describe_bad_line(line, line_number, allow_negative)
+  message = _describe_bad_line(line, line_number, layout)
   return DreamDataError(f'{path}:{line_number}: {message}')
 
 
@@ -458,38 +513,43 @@ def _count_class(buf, starts, lengths, byte_class) -> int:
 
 
 def _parse_row_chunk(path, buf, line_starts, tabs, line_ends, first_line,
-                     allow_negative, counts, codes_out):
-  """Validates and encodes one chunk of n lines (each with exactly one tab).
+                     layout, counts, codes_out):
+  """Validates and encodes one chunk of n lines.
 
-  Writes codes into `codes_out` (uint8 [n, 110]); returns (expression float32
-  [n], lengths int32 [n]); raises DreamDataError naming the first bad line.
+  `tabs` ends each sequence: the line's one tab, or its end when the file has
+  no values. Writes codes into `codes_out` (uint8 [n, 110]); returns
+  (expression float64 [n] or None without values, lengths int32 [n]); raises
+  DreamDataError naming the first bad line.
   """
   lengths = tabs - line_starts
-  expression_starts = tabs + 1
-  expression_lengths = line_ends - expression_starts
-  bad = (lengths == 0) | (expression_lengths == 0)
+  bad = lengths == 0
 
   # Which byte classes each sequence holds: one OR-reduction over the chunk.
   # Segments alternate sequence / rest of line; empty sequences are flagged
   # above (reduceat would report their first byte instead of nothing).
   lo = int(line_starts[0])
-  classes = _CLASS_TABLE[buf[lo:int(line_ends[-1]) + 1]]
   bounds = np.empty(2 * lengths.shape[0], np.int64)
   bounds[0::2] = line_starts - lo
   bounds[1::2] = tabs - lo
+  classes = _CLASS_TABLE[buf[lo:int(line_ends[-1]) + 1]]
+  if classes.shape[0] <= bounds[-1]:  # No values and no newline at the end.
+    classes = np.append(classes, 0)
   seen = np.bitwise_or.reduceat(classes, bounds)[0::2]
   del classes
   bad |= (seen & _INVALID).astype(bool) | ~(seen & _BASE).astype(bool)
 
-  expression = _parse_expressions(buf, expression_starts, expression_lengths)
-  bad |= ~np.isfinite(expression)
-  if not allow_negative:
-    bad |= expression < 0
+  expression = None
+  if layout.columns == 2:
+    expression_lengths = line_ends - tabs - 1
+    expression = _parse_expressions(buf, tabs + 1, expression_lengths)
+    bad |= (expression_lengths == 0) | ~np.isfinite(expression)
+    if not layout.allow_negative:
+      bad |= expression < 0
   bad_rows = np.flatnonzero(bad)
   if bad_rows.size:
     row = int(bad_rows[0])
     raise _line_error(path, buf, int(line_starts[row]), int(line_ends[row]),
-                      first_line + row, allow_negative)
+                      first_line + row, layout)
 
   # Counting N and other letters only looks at the (few) rows holding them.
   rows = np.flatnonzero(seen & _N)
@@ -501,18 +561,13 @@ def _parse_row_chunk(path, buf, line_starts, tabs, line_ends, first_line,
       buf, line_starts[rows], lengths[rows], _OTHER_LETTER)
 
   _encode_rows(buf, line_starts, lengths, SEQUENCE_LENGTH, out=codes_out)
-  return expression.astype(np.float32), lengths.astype(np.int32)
+  return expression, lengths.astype(np.int32)
 
 
-def _parse_buffer(path: str, buf: np.ndarray, allow_negative: bool):
-  """Parses a whole file's bytes. Returns (codes, expression, lengths, extra)."""
-  buf, trailing_blank = _strip_trailing_blank(buf)
-  if buf.shape[0] == 0:
-    raise DreamDataError(f'{path}:1: empty file; expected lines '
-                         f'{_EXPECTED_LINE}')
+def _line_bounds(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(starts, ends) int64 of every line, ends before the LF or CRLF."""
   newlines = _find_bytes(buf, _NEWLINE)
-  num_lines = newlines.shape[0] + 1
-  line_starts = np.empty(num_lines, np.int64)
+  line_starts = np.empty(newlines.shape[0] + 1, np.int64)
   line_starts[0] = 0
   line_starts[1:] = newlines + 1
   line_ends = np.append(newlines, buf.shape[0])
@@ -520,40 +575,84 @@ def _parse_buffer(path: str, buf: np.ndarray, allow_negative: bool):
   has_cr = buf[np.maximum(line_ends - 1, 0)] == _CR
   has_cr &= line_ends > line_starts
   line_ends -= has_cr
-  del has_cr
+  return line_starts, line_ends
 
+
+@dataclasses.dataclass(frozen=True)
+class _Parsed:
+  """`_parse_buffer`'s rows; `buf` and `sequence_starts` locate their text."""
+  codes: np.ndarray
+  expression: np.ndarray | None
+  lengths: np.ndarray
+  extra: dict
+  buf: np.ndarray  # The text the rows were parsed from, BOM removed.
+  sequence_starts: np.ndarray
+
+
+def _parse_buffer(path: str, buf: np.ndarray, layout: _Layout,
+                  value_dtype=np.float32) -> _Parsed:
+  """Parses a whole file's bytes (the one parser of every caller)."""
+  if buf[:3].tobytes() == _BOM:
+    buf = buf[3:]
+  buf, trailing_blank = _strip_trailing_blank(buf)
+  if buf.shape[0] == 0:
+    either = " or 'sequence'" if layout.values_optional else ''
+    raise DreamDataError(f'{path}:1: empty file; expected lines '
+                         f'{_EXPECTED_LINE}{either}')
+  line_starts, line_ends = _line_bounds(buf)
+  num_lines = line_starts.shape[0]
   tabs = _find_bytes(buf, _TAB)
   tab_counts = np.diff(np.searchsorted(tabs, line_starts), append=tabs.shape[0])
+  if layout.values_optional:
+    layout = dataclasses.replace(layout, columns=min(int(tab_counts[0]), 1) + 1)
   first_bad = num_lines
-  bad_lines = np.flatnonzero((tab_counts != 1) | (line_ends == line_starts))
+  bad_lines = np.flatnonzero((tab_counts != layout.columns - 1) |
+                             (line_ends == line_starts))
   if bad_lines.size:
     # Lines before the first one with a wrong tab count still get every check,
     # so the error always names the first bad line of the file.
     first_bad = int(bad_lines[0])
+  if layout.columns == 1:
+    tabs = line_ends[:first_bad]
+    _check_header(path, buf, int(line_ends[0]), layout)
+  elif first_bad < num_lines:
     tabs = tabs[np.searchsorted(tabs, line_starts[:first_bad])]
   del tab_counts
 
   codes = np.empty((first_bad, SEQUENCE_LENGTH), np.uint8)
-  expression = np.empty(first_bad, np.float32)
+  expression = (np.empty(first_bad, value_dtype) if layout.columns == 2
+                else None)
   lengths = np.empty(first_bad, np.int32)
   counts = _Counts()
   for lo in range(0, first_bad, _ROWS_PER_CHUNK):
     hi = min(lo + _ROWS_PER_CHUNK, first_bad)
-    expression[lo:hi], lengths[lo:hi] = _parse_row_chunk(
+    values, lengths[lo:hi] = _parse_row_chunk(
         path, buf, line_starts[lo:hi], tabs[lo:hi], line_ends[lo:hi],
-        lo + 1, allow_negative, counts, codes[lo:hi])
+        lo + 1, layout, counts, codes[lo:hi])
+    if expression is not None:
+      expression[lo:hi] = values
   if first_bad < num_lines:
     raise _line_error(path, buf, int(line_starts[first_bad]),
-                      int(line_ends[first_bad]), first_bad + 1, allow_negative)
+                      int(line_ends[first_bad]), first_bad + 1, layout)
   extra = dict(dataclasses.asdict(counts))
   extra['skipped_lines'] = (
       {'trailing blank lines': trailing_blank} if trailing_blank else {})
-  return codes, expression, lengths, extra
+  return _Parsed(codes, expression, lengths, extra, buf,
+                 line_starts[:first_bad])
+
+
+def _check_header(path: str, buf: np.ndarray, line_end: int,
+                  layout: _Layout) -> None:
+  """A one-column line 1 holding letters no sequence has is a header."""
+  if _looks_like_header([buf[:line_end].tobytes()], layout):
+    raise _line_error(path, buf, 0, line_end, 1, layout)
 
 
 def _summarise(path, content_hash, expression, lengths, extra) -> ReadReport:
   counts = np.bincount(lengths)
-  values = expression.astype(np.float64)
+  # A file without values has no expression figures: NaN, not made-up zeros.
+  values = (np.full(1, np.nan) if expression is None
+            else expression.astype(np.float64))
   return ReadReport(
       source=path,
       content_hash=content_hash,
@@ -695,11 +794,30 @@ def _check_negative(path: str, expression: np.ndarray) -> None:
         f'{path}:{row + 1}: ' + _negative_message(repr(float(expression[row]))))
 
 
+def _check_path(path: str) -> None:
+  if not os.path.exists(path):
+    raise DreamFileNotFoundError(
+        f'{path}: no such file; expected a DREAM file {_EXPECTED_LINE}')
+  if os.path.isdir(path):
+    raise DreamDataError(f'{path}: is a directory; expected a DREAM file '
+                         f'{_EXPECTED_LINE}')
+
+
+def _read_error(path: str, error: OSError) -> DreamDataError:
+  reason = error.strerror or error
+  return DreamDataError(f'{path}: cannot read the file ({reason}); expected a '
+                        'readable DREAM file')
+
+
 def read_dream_file(path: str | os.PathLike[str], *,
                     cache_dir: str | os.PathLike[str] | None = None,
                     use_cache: bool = True,
                     allow_negative: bool = False) -> DreamData:
   """Reads, validates and encodes a DREAM file, using the cache if possible.
+
+  The reader for training (millions of rows): values required, float32, no
+  sequence text. `read_dream_table` is the same parser for commands that need
+  the sequences as written or accept a file without values.
 
   Args:
     path: `sequence<TAB>expression` file, plain or gzip.
@@ -716,12 +834,7 @@ def read_dream_file(path: str | os.PathLike[str], *,
     DreamDataError: the file is malformed (message `path:line: ...`).
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise DreamFileNotFoundError(
-        f'{path}: no such file; expected a DREAM file {_EXPECTED_LINE}')
-  if os.path.isdir(path):
-    raise DreamDataError(f'{path}: is a directory; expected a DREAM file '
-                         f'{_EXPECTED_LINE}')
+  _check_path(path)
   try:
     content_hash, entry = '', None
     if use_cache:
@@ -737,18 +850,83 @@ def read_dream_file(path: str | os.PathLike[str], *,
         return DreamData(source=path, report=report, **arrays)
     source = _read_source(path)
   except OSError as e:
-    raise DreamDataError(f'{path}: cannot read the file ({e.strerror or e}); '
-                         'expected a readable DREAM file') from None
+    raise _read_error(path, e) from None
 
-  codes, expression, lengths, extra = _parse_buffer(path, source, allow_negative)
+  parsed = _parse_buffer(path, source, _Layout(allow_negative=allow_negative))
   del source
-  report = _summarise(path, content_hash, expression, lengths, extra)
-  arrays = dict(codes=codes, expression=expression, lengths=lengths)
+  report = _summarise(path, content_hash, parsed.expression, parsed.lengths,
+                      parsed.extra)
+  arrays = dict(codes=parsed.codes, expression=parsed.expression,
+                lengths=parsed.lengths)
+  del parsed
   if entry is not None and _write_cache(entry, arrays, report):
     report = dataclasses.replace(report, cache_path=str(entry))
   for array in arrays.values():
     array.setflags(write=False)
   return DreamData(source=path, report=report, **arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class DreamTable:
+  """Rows of a `sequence<TAB>value` file with their text (`read_dream_table`).
+
+  Attributes:
+    sequences: N sequences exactly as written (case kept, line ends removed).
+    values: float64 [N], or None for a file without a value column.
+    codes: uint8 [N, SEQUENCE_LENGTH], encoded as `read_dream_file` does.
+    lengths: int32 [N], sequence lengths before padding / truncation.
+    source: path the rows were read from.
+    report: what the reader found (expression figures NaN without values).
+  """
+  sequences: tuple[str, ...]
+  values: np.ndarray | None
+  codes: np.ndarray
+  lengths: np.ndarray
+  source: str
+  report: ReadReport
+
+  def __len__(self) -> int:
+    return len(self.sequences)
+
+
+def read_dream_table(path: str | os.PathLike[str], *,
+                     values_optional: bool = False,
+                     allow_negative: bool = False) -> DreamTable:
+  """Reads a `sequence<TAB>value` file keeping the text: test sets, inputs.
+
+  The parser and policies of `read_dream_file` (module docstring), without the
+  cache, with values kept as float64 (scores are computed in float64).
+
+  Args:
+    path: plain or gzip file.
+    values_optional: also accept a file of bare sequences, one per line (line
+      1 decides; every line must have the same columns). False: values
+      required, as for training and the measured test set.
+    allow_negative: accept negative values (measurements on another scale).
+  Raises:
+    DreamFileNotFoundError, DreamDataError (`path:line: ...`).
+  """
+  path = os.fspath(path)
+  _check_path(path)
+  try:
+    source = _read_source(path)
+  except OSError as e:
+    raise _read_error(path, e) from None
+  layout = _Layout(allow_negative=allow_negative,
+                   values_optional=values_optional)
+  parsed = _parse_buffer(path, source, layout, value_dtype=np.float64)
+  text = parsed.buf.tobytes()
+  # Validated sequences hold ASCII letters only, so ASCII decoding is safe.
+  sequences = tuple(
+      text[start:start + length].decode('ascii') for start, length in zip(
+          parsed.sequence_starts.tolist(), parsed.lengths.tolist()))
+  report = _summarise(path, '', parsed.expression, parsed.lengths,
+                      parsed.extra)
+  for array in (parsed.codes, parsed.lengths, parsed.expression):
+    if array is not None:
+      array.setflags(write=False)
+  return DreamTable(sequences, parsed.expression, parsed.codes, parsed.lengths,
+                    path, report)
 
 
 def report_lines(report: ReadReport) -> list[str]:

@@ -79,6 +79,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from enformer_small import dream_data
 from enformer_small import metrics
 from enformer_small import textfiles
 
@@ -472,16 +473,6 @@ class TestSet:
     return len(self.sequences)
 
 
-def _parse_finite(text: str, where: str, what: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise ScoringError(f'{where}: {what} {text!r} is not a number') from None
-  if not math.isfinite(value):
-    raise ScoringError(f'{where}: {what} {text!r} is not finite')
-  return value
-
-
 def _is_dna(text: str) -> bool:
   return bool(text) and not text.upper().strip('ACGTN')
 
@@ -489,25 +480,23 @@ def _is_dna(text: str) -> bool:
 def read_test_set(path: str | os.PathLike[str]) -> TestSet:
   """Reads `sequence<TAB>measured` lines (no header): test_71103_measured.tsv.
 
+  `dream_data.read_dream_table` reads it, with its policies (negative values
+  allowed: the measurements are on the MAUDE scale); its messages are passed on
+  unchanged.
+
   Raises:
-    ScoringFileNotFoundError / ScoringError (`path:line: ...`) on a missing
-    file, an empty file, a line without exactly two fields, an empty
-    sequence or a missing, non-numeric or non-finite measurement.
+    ScoringFileNotFoundError: no such file.
+    ScoringError: (`path:line: ...`) anything `read_dream_table` refuses: an
+      empty file, a line without exactly two fields, a bad sequence, a missing,
+      non-numeric or non-finite measurement, ...
   """
-  path = os.fspath(path)
-  lines = textfiles.split_lines(_read_text(path, 'test file'))
-  if not lines:
-    raise ScoringError(f'{path}:1: empty test file')
-  sequences, measured = [], []
-  for number, line in enumerate(lines, start=1):
-    where = f'{path}:{number}'
-    fields = line.split('\t')
-    if len(fields) != 2 or not fields[0].strip():
-      raise ScoringError(f'{where}: expected "sequence<TAB>measured", got '
-                         f'{line[:60]!r}')
-    sequences.append(fields[0].strip())
-    measured.append(_parse_finite(fields[1].strip(), where, 'measurement'))
-  return TestSet(tuple(sequences), np.asarray(measured, np.float64), path)
+  try:
+    table = dream_data.read_dream_table(path, allow_negative=True)
+  except dream_data.DreamFileNotFoundError as e:
+    raise ScoringFileNotFoundError(str(e)) from None
+  except dream_data.DreamDataError as e:
+    raise ScoringError(str(e)) from None
+  return TestSet(table.sequences, table.values, table.source)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,13 +46,30 @@ def run(main: Callable[[List[str]], Any]) -> None:
   app.run(functools.partial(_main_without_help, main), flags_parser=_parse_flags)
 
 
-def report_errors(run: Callable[[], Any], errors: Tuple[type, ...]) -> Any:
-  """`run()`, with each of `errors` (bad input) ended as one `error:` line, status 1."""
+def report_errors(run: Callable[[], Any], errors: Tuple[type, ...],
+                  hint: Callable[[BaseException], str] = lambda error: '') -> Any:
+  """`run()`, with each of `errors` (bad input) ended as one `error:` line, status 1.
+
+  `hint(error)` is appended to the line: what the command knows about the cause that
+  the library raising the error does not (e.g. a default path that only exists in one
+  workplace).
+  """
   try:
     return run()
   except errors as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {one_line(str(e))}{hint(e)}', file=sys.stderr)
     sys.exit(1)
+
+
+def one_line(message: str) -> str:
+  """A multi-line error (a heading, then indented items) on one line.
+
+  Scripts and logs read the error as the last line of stderr; a message over several
+  lines would leave its heading out of that line.
+  """
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return ' '.join(line if line.endswith(':') or i + 1 == len(lines) else line + ';'
+                  for i, line in enumerate(lines))
 
 
 def usage_error_lines(args: Sequence[str]) -> Tuple[str, str]:

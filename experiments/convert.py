@@ -14,7 +14,6 @@ the lengths it fits. Bad input ends with a one-line `error: ...` and exit status
 
 import dataclasses
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -47,27 +46,18 @@ def model_config() -> config_lib.EnformerConfig:
   return config
 
 
-def one_line(message: str) -> str:
-  """A multi-line error (a heading, then indented items) on one line."""
-  lines = [line.strip() for line in message.splitlines() if line.strip()]
-  return ' '.join(line if line.endswith(':') or i + 1 == len(lines) else line + ';'
-                  for i, line in enumerate(lines))
+class ConvertFlagsError(Exception):
+  """Flags that cannot be used together (the message says which)."""
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def run() -> None:
   if not _CHECKPOINT.value or not _OUTPUT.value:
-    sys.exit('error: --checkpoint and --output are required')
-  try:
-    config = model_config()
-    params, state = convert.convert_checkpoint(_CHECKPOINT.value, config)
-    checkpoint.save_checkpoint(
-        _OUTPUT.value, params=params, state=state, model_config=config,
-        extra={'converted_from': os.path.abspath(_CHECKPOINT.value)})
-  except (convert.ConversionError, checkpoint.CheckpointError, OSError) as e:
-    sys.exit(f'error: {one_line(str(e))}')
-
+    raise ConvertFlagsError('--checkpoint and --output are required')
+  config = model_config()
+  params, state = convert.convert_checkpoint(_CHECKPOINT.value, config)
+  checkpoint.save_checkpoint(
+      _OUTPUT.value, params=params, state=state, model_config=config,
+      extra={'converted_from': os.path.abspath(_CHECKPOINT.value)})
   num_bn = sum(1 for module in state if module.endswith('/mean_ema'))
   counters = sorted({int(v['counter']) for v in state.values()})
   tokens = convert.output_tokens(config, config.input_length)
@@ -79,6 +69,13 @@ def main(argv):
   print('  heads             ' + ', '.join(
       f'{name} [{n}]' for name, n in config.heads))
   print(f'wrote {_OUTPUT.value}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _runtime.report_errors(run, (ConvertFlagsError, convert.ConversionError,
+                               checkpoint.CheckpointError, OSError))
 
 
 if __name__ == '__main__':

@@ -16,8 +16,12 @@ Checkpoints: those written by experiments.train and those converted from the see
 TF/Sonnet model by experiments.convert (the same format, enformer_small.checkpoint).
 
 Input: one row per line, `sequence<TAB>measured` or just `sequence` (no header; plain or
-gzip). Sequences are encoded as in training: A/C/G/T -> 0..3, anything else -> N (an
-all-zero column), truncated or padded with N at the end to 110 bp.
+gzip), read by the training reader (`dream_data.read_dream_table`) with its policies,
+except that values are optional and may be negative: a bad line (non-numeric, NaN or
+infinite value, a line whose columns differ from line 1's, a character that is not a
+letter, ...) is a `path:line:` error before anything is predicted or written. Sequences
+are encoded as in training: A/C/G/T -> 0..3, other letters -> N (an all-zero column),
+truncated or padded with N at the end to 110 bp.
 
 The model sees the window it was trained on: positions [s, s + L) of the 110 bp encoding,
 L = the checkpoint's model_config.input_length and s = the start recorded at training
@@ -52,7 +56,6 @@ status 1.
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -67,7 +70,6 @@ from experiments import _runtime
 from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
-from enformer_small import textfiles
 from enformer_small import training
 
 FLAGS = flags.FLAGS
@@ -88,40 +90,24 @@ class PredictError(Exception):
 # Input.
 
 
-def read_input(path: str) -> Tuple[List[str], Optional[np.ndarray]]:
-  """Sequences (as written) and measured values (None if the file has none).
+def read_table(path: str) -> dream_data.DreamTable:
+  """The input rows, read by `dream_data.read_dream_table` with its policies.
 
-  Lines are `sequence<TAB>measured` or `sequence`; every line must have the same form.
-  Blank lines at the end are ignored.
+  Values optional (a file of bare sequences is predicted, not scored) and may be
+  negative (measurements on another scale); NaN, inf or text where a value
+  should be is a `path:line:` error, raised before anything is predicted.
   """
-  if not os.path.exists(path):
-    raise PredictError(f'{path}: no such input file')
-  sequences, measured, columns = [], [], None
   try:
-    lines = textfiles.split_lines(textfiles.read_bytes(path).decode('utf-8-sig'))
-  except (OSError, UnicodeDecodeError, textfiles.CorruptGzipError) as e:
-    raise PredictError(f'{path}: cannot read: {e}') from e
-  for number, line in enumerate(lines, start=1):
-    fields = line.split('\t')
-    if len(fields) > 2 or not fields[0].strip():
-      raise PredictError(f'{path}:{number}: expected "sequence<TAB>measured" or '
-                         f'"sequence", got {line[:60]!r}')
-    if columns is None:
-      columns = len(fields)
-    elif len(fields) != columns:
-      raise PredictError(f'{path}:{number}: {len(fields)} field(s) where line 1 has '
-                         f'{columns}')
-    sequences.append(fields[0].strip())
-    if columns == 2:
-      try:
-        value = float(fields[1])
-      except ValueError:
-        raise PredictError(f'{path}:{number}: measured value {fields[1]!r} is not a '
-                           'number') from None
-      measured.append(value)
-  if not sequences:
-    raise PredictError(f'{path}: empty input file')
-  return sequences, (np.asarray(measured, np.float64) if columns == 2 else None)
+    return dream_data.read_dream_table(path, values_optional=True,
+                                       allow_negative=True)
+  except dream_data.DreamDataError as e:
+    raise PredictError(str(e)) from None
+
+
+def read_input(path: str) -> Tuple[List[str], Optional[np.ndarray]]:
+  """Sequences (as written) and measured values (float64; None if the file has none)."""
+  table = read_table(path)
+  return list(table.sequences), table.values
 
 
 def read_indices(path: str, num_rows: int) -> List[int]:
@@ -265,10 +251,10 @@ def run(argv_unused=None) -> Dict[str, object]:
   if bool(FLAGS.subsets_dir) != bool(FLAGS.public_dir):
     raise PredictError('--subsets_dir and --public_dir go together')
   ckpt = checkpoint_lib.load_checkpoint(FLAGS.checkpoint)
-  sequences, measured = read_input(FLAGS.input)
+  table = read_table(FLAGS.input)
+  sequences, measured, codes = table.sequences, table.values, table.codes
   indices = (read_indices(FLAGS.indices_json, len(sequences)) if FLAGS.indices_json
              else None)
-  codes = dream_data.encode_sequences(sequences)
   rc_average = (reverse_complement_default(ckpt)
                 if FLAGS.reverse_complement_average is None
                 else FLAGS.reverse_complement_average)

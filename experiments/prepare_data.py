@@ -11,7 +11,6 @@ again. A malformed file prints its one-line `path:line: ...` message and exits
 with status 1.
 """
 
-import sys
 import time
 
 from absl import app
@@ -34,17 +33,11 @@ _USE_CACHE = flags.DEFINE_bool(
 flags.mark_flag_as_required('input')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def prepare() -> None:
   start = time.perf_counter()
-  try:
-    data = dream_data.read_dream_file(
-        _INPUT.value, cache_dir=_CACHE_DIR.value, use_cache=_USE_CACHE.value,
-        allow_negative=_ALLOW_NEGATIVE.value)
-  except dream_data.DreamDataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  data = dream_data.read_dream_file(
+      _INPUT.value, cache_dir=_CACHE_DIR.value, use_cache=_USE_CACHE.value,
+      allow_negative=_ALLOW_NEGATIVE.value)
   seconds = time.perf_counter() - start
   report = data.report
   print(f'file: {data.source}')
@@ -57,6 +50,12 @@ def main(argv):
   else:
     print('cache: not used')
   print(f'seconds: {seconds:.2f}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _runtime.report_errors(prepare, (dream_data.DreamDataError,))
 
 
 if __name__ == '__main__':

@@ -33,7 +33,6 @@ Bad input ends with a one-line `error: ...` on stderr and exit status 1.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -95,7 +94,7 @@ def _read_predictions(path: str, test_set: scoring.TestSet):
   return scoring.read_csv_predictions(path, _COLUMN.value, test_set=check)
 
 
-def _missing_data_hint(error: Exception) -> str:
+def _missing_data_hint(error: BaseException) -> str:
   if isinstance(error, FileNotFoundError) and _DATA in str(error):
     return (' (the default paths point at ../shared/data/dream, which exists '
             'beside the repository in this workplace only; run from the '
@@ -105,6 +104,8 @@ def _missing_data_hint(error: Exception) -> str:
 
 def run() -> str:
   """Reads everything, scores, returns the report text."""
+  if not _PREDICTIONS.value:
+    raise scoring.ScoringError('--predictions is required')
   test_set = scoring.read_test_set(_TEST_FILE.value)
   splits = scoring.load_official_splits(_SUBSETS_DIR.value, _PUBLIC_DIR.value,
                                         num_rows=len(test_set))
@@ -132,15 +133,8 @@ def run() -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _PREDICTIONS.value:
-    print('error: --predictions is required', file=sys.stderr)
-    sys.exit(1)
-  try:
-    report = run()
-  except (scoring.ScoringError, OSError) as e:
-    print(f'error: {e}{_missing_data_hint(e)}', file=sys.stderr)
-    sys.exit(1)
-  print(report)
+  print(_runtime.report_errors(run, (scoring.ScoringError, OSError),
+                               hint=_missing_data_hint))
 
 
 if __name__ == '__main__':

@@ -99,3 +99,39 @@ def test_a_line_of_a_flagfile_that_is_not_a_flag_is_refused_too(tmp_path):
   result = run_module('experiments.score', f'--flagfile={flagfile}')
   assert result.returncode == 1
   assert result.stderr.splitlines()[0] == "error: unexpected argument: 'stray words'"
+
+
+# ---------------------------------------------------------------------------
+# Bad input: _runtime.report_errors, the one error reporter of the entry points.
+
+
+def test_report_errors_prints_one_line_with_the_hint_and_exits_1(capsys):
+  def fail():
+    raise ValueError('ckpt.npz: 2 problems:\n  a is missing\n  b has shape (3,)')
+
+  with pytest.raises(SystemExit) as info:
+    _runtime.report_errors(fail, (ValueError,), hint=lambda e: ' (hint)')
+  assert info.value.code == 1
+  assert capsys.readouterr().err == (
+      'error: ckpt.npz: 2 problems: a is missing; b has shape (3,) (hint)\n')
+
+
+def test_report_errors_returns_the_result_and_lets_other_errors_through():
+  assert _runtime.report_errors(lambda: 7, (ValueError,)) == 7
+  with pytest.raises(KeyError):
+    _runtime.report_errors(lambda: {}['x'], (ValueError,))
+
+
+@pytest.mark.parametrize('module, args, message', [
+    ('experiments.score', [], 'error: --predictions is required'),
+    ('experiments.convert', ['--output=x.npz'],
+     'error: --checkpoint and --output are required'),
+    ('experiments.prepare_data', ['--input=no_such_file.txt', '--nouse_cache'],
+     "error: no_such_file.txt: no such file; expected a DREAM file "
+     "'sequence<TAB>expression'"),
+])
+def test_bad_input_of_score_convert_and_prepare_data_is_one_error_line(
+    module, args, message):
+  result = run_module(module, *args)
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [message]

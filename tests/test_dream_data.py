@@ -5,6 +5,7 @@ from an independent plain-Python reading of the file, and from the figures the
 data README publishes for the real files.
 """
 
+import dataclasses
 import gzip
 import logging
 import os
@@ -157,6 +158,13 @@ def test_missing_final_newline_and_trailing_blank_lines_are_fine(tmp_path):
   assert blank_tail.report.skipped_lines == {'trailing blank lines': 3}
 
 
+def test_a_byte_order_mark_at_the_start_is_skipped(tmp_path):
+  data = read(write(tmp_path, '\ufeffACGT\t1\nGG\t2\n'))
+  assert data.codes[0, :5].tolist() == [0, 1, 2, 3, 4]
+  assert data.lengths.tolist() == [4, 2]
+  assert data.expression.tolist() == [1.0, 2.0]
+
+
 @pytest.mark.parametrize('name', ['rows.txt.gz', 'rows_without_suffix.txt'])
 def test_gzip_input_is_detected_by_magic_bytes(tmp_path, name):
   rows = f'{FLANKED}\t3.25\nacgtn\t7\n'
@@ -199,7 +207,6 @@ BAD_FILES = {
                             ['negative', 'allow_negative']),
     'blank line inside': ('ACGT\t1\n\nACGT\t2\n', 2, ['blank line']),
     'spaces-only line inside': ('ACGT\t1\n  \r\nACGT\t2\n', 2, ['blank line']),
-    'byte-order mark': ('\ufeffACGT\t1\n', 1, ['byte-order mark']),
     'header': ('sequence\texpression\nACGT\t1\n', 1,
                ['looks like a header', 'remove']),
     'header of a CSV export': ('seq\tmeasured\nACGT\t1\n', 1,
@@ -345,6 +352,52 @@ def test_arrays_are_read_only(tmp_path):
   data = read(write(tmp_path, 'ACGT\t1\n'))
   with pytest.raises(ValueError):
     data.codes[0, 0] = 1
+
+
+# ---------------------------------------------------------------------------
+# read_dream_table: the same parser, keeping the text.
+
+
+def test_read_dream_table_keeps_sequences_as_written_and_values_as_float64(
+    tmp_path):
+  path = write(tmp_path, f'acgTN\t0.1\r\n{FLANKED}\t-2\n\n')
+  table = dream_data.read_dream_table(path, allow_negative=True)
+  assert table.sequences == ('acgTN', FLANKED)
+  assert table.values.dtype == np.float64
+  assert table.values.tolist() == [0.1, -2.0]  # 0.1 exactly as float64 parses it
+  assert table.codes[0, :6].tolist() == [0, 1, 2, 3, 4, 4]
+  assert table.codes[1].tolist() == plain_python_codes(FLANKED)
+  assert table.lengths.tolist() == [5, 110] and len(table) == 2
+  assert table.source == str(path)
+  assert table.report.skipped_lines == {'trailing blank lines': 1}
+  with pytest.raises(ValueError):
+    table.codes[0, 0] = 1
+
+
+def test_read_dream_table_encodes_like_read_dream_file(tmp_path):
+  path = write(tmp_path, 'ACGTRY\t1\nacnnt\t2.5\n' + 'GATTACA' * 20 + '\t3\n')
+  table = dream_data.read_dream_table(path)
+  data = read(path)
+  np.testing.assert_array_equal(table.codes, data.codes)
+  np.testing.assert_array_equal(table.lengths, data.lengths)
+  np.testing.assert_array_equal(table.values.astype(np.float32), data.expression)
+  assert table.report == dataclasses.replace(data.report, content_hash='')
+
+
+def test_read_dream_table_values_optional_takes_bare_sequences(tmp_path):
+  path = write(tmp_path, 'ACGT\nggNN\n')
+  table = dream_data.read_dream_table(path, values_optional=True)
+  assert table.sequences == ('ACGT', 'ggNN') and table.values is None
+  assert table.codes[1, :4].tolist() == [2, 2, 4, 4]
+  assert np.isnan(table.report.expression_mean)
+  assert read_error(path).startswith(f'{path}:1: missing tab')
+
+
+def test_read_dream_table_values_are_required_by_default(tmp_path):
+  path = write(tmp_path, 'ACGT\nGGCC\n')
+  with pytest.raises(dream_data.DreamDataError) as info:
+    dream_data.read_dream_table(path)
+  assert str(info.value).startswith(f'{path}:1: missing tab')
 
 
 # ---------------------------------------------------------------------------

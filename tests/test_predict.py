@@ -112,9 +112,12 @@ def test_read_input_takes_gzip_crlf_and_files_without_values(tmp_path):
 
 
 @pytest.mark.parametrize('content, message', [
-    (gzip.compress(b'ACGT\t1\n' * 50)[:20], ': cannot read: '),
-    (b'ACGT\t1\nGGCC\n', ':2: 1 field(s) where line 1 has 2'),
-    (b'ACGT\t1\r\n\r\nGGCC\t2\n', ':2: expected "sequence<TAB>measured"'),
+    (gzip.compress(b'ACGT\t1\n' * 50)[:20], ':1: corrupt gzip file'),
+    (b'ACGT\t1\nGGCC\n', ':2: missing tab: '),
+    (b'ACGT\nGGCC\t1\n', ':2: found 2 tab-separated columns '),
+    (b'ACGT\t1\r\n\r\nGGCC\t2\n', ':2: blank line; '),
+    (b'ACGT\t1\nGGCC\tnan\n', ":2: expression 'nan' is not finite"),
+    (b'', ':1: empty file'),
 ])
 def test_read_input_errors_name_the_file_and_line(tmp_path, content, message):
   path = tmp_path / 'input.tsv'
@@ -122,6 +125,27 @@ def test_read_input_errors_name_the_file_and_line(tmp_path, content, message):
   with pytest.raises(predict.PredictError) as info:
     predict.read_input(str(path))
   assert str(info.value).startswith(str(path) + message)
+
+
+def test_nan_measured_value_is_a_file_line_error_before_anything_is_written(setup):
+  """The row is named, nothing is predicted or written, and the status is 1."""
+  tmp = setup['tmp']
+  data = tmp / 'with_nan.tsv'
+  rows = [f'{s}\t{m}' for s, m in zip(setup['sequences'], setup['measured'])]
+  rows[3] = f'{setup["sequences"][3]}\tnan'
+  data.write_text('\n'.join(rows) + '\n')
+  outputs = [tmp / 'nan.tsv', tmp / 'nan.json', tmp / 'nan_metrics.json']
+  result = run_module(
+      'experiments.predict', f'--checkpoint={setup["ckpt_path"]}', f'--input={data}',
+      f'--output_tsv={outputs[0]}', f'--output_json={outputs[1]}',
+      f'--indices_json={setup["indices"]}', f'--output_metrics_json={outputs[2]}',
+      '--noprogress', cache=setup['cache'])
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {data}:4: expression 'nan' is not finite; expected a finite number")
+  assert 'predicted' not in result.stdout
+  assert not any(path.exists() for path in outputs)
 
 
 def test_predict_writes_tsv_and_json_in_input_order_with_model_values(setup):

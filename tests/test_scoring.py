@@ -263,7 +263,7 @@ def test_gzipped_test_set_reads_like_plain_and_a_broken_one_names_the_file(
   assert scoring.read_test_set(path).sequences == tiny_test_set.sequences
   path.write_bytes(gzip.compress(rows)[:20])
   with pytest.raises(scoring.ScoringError,
-                     match=f'^{re.escape(str(path))}: broken gzip file'):
+                     match=f'^{re.escape(str(path))}:1: corrupt gzip file'):
     scoring.read_test_set(path)
 
 
@@ -355,8 +355,8 @@ def test_read_csv_predictions_picks_a_column_by_name(tmp_path, tiny_test_set):
 
 
 def test_missing_files_raise_file_not_found_with_the_path(tmp_path):
-  with pytest.raises(scoring.ScoringFileNotFoundError, match='nope.tsv: test '
-                     'file not found'):
+  with pytest.raises(scoring.ScoringFileNotFoundError,
+                     match='nope.tsv: no such file'):
     scoring.read_test_set(tmp_path / 'nope.tsv')
   with pytest.raises(FileNotFoundError, match='test subsets folder not found'):
     scoring.load_official_splits(tmp_path / 'a', tmp_path / 'b')
