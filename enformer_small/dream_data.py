@@ -2,18 +2,28 @@
 
 The one reader of the project's `sequence<TAB>value` files: training rows
 (`read_dream_file`, cached, float32, millions of rows), the measured test set
-(`scoring.read_test_set`) and predict's input (`experiments/predict.py`), the
-last two through `read_dream_table`, which keeps the sequences as text. All of
+(`scoring.read_test_set`), a final-phase submission
+(`scoring.read_tsv_predictions`), predict's input (`experiments/predict.py`)
+and attribute's non-FASTA input (`variant_effects.read_sequences`), all but
+the first through `read_dream_table`, which keeps the sequences as text. All of
 them run the same parser with the same policies; what legitimately differs
 between callers is an argument, never another parser:
 
 * `allow_negative`: training targets are non-negative expression bins, so a
   negative value is an error by default; the test set's measurements (MAUDE
-  scale, -1.40..1.66) and predict's inputs are read with `allow_negative=True`.
-* `values_optional` (`read_dream_table` only): predict also takes bare
-  sequences, one per line. Line 1 decides whether the file has values, and
-  every line must then have the same columns. Training and scoring require
+  scale, -1.40..1.66), submissions and the inputs of predict and attribute are
+  read with `allow_negative=True`.
+* `values_optional` (`read_dream_table` only): predict and attribute also take
+  bare sequences, one per line. Line 1 decides whether the file has values,
+  and every line must then have the same columns. Training and scoring require
   values.
+* `allow_header` (`read_dream_table` only): submissions. A line 1 that looks
+  like a header (the rule below) is skipped, not refused, and counted in
+  `ReadReport.skipped_lines['header line']`. The challenge's own files have no
+  header and our `predict --output_tsv` writes none, but a submission written
+  by pandas (`to_csv(sep='\t', index=False)`) has one, and its sequences are
+  checked row by row against the test set, so a header is no sign of the wrong
+  file there.
 
 File format (the challenge's `train_sequences.txt`, the test set's measured
 values): one row per line, `sequence<TAB>expression`, no header. Plain text or
@@ -44,9 +54,13 @@ Policies for unusual input (each one is tested, for every caller):
   in the sequence that is not a letter (digits, spaces, ...), a sequence
   without any A/C/G/T (e.g. only N), a missing, non-numeric, NaN or infinite
   expression, and a negative expression unless `allow_negative=True`. Callers
-  with their own error class (scoring, predict) pass the message on unchanged.
-* Header lines are errors, not skipped: DREAM files have no header and a file
-  with one is probably not the file the user meant. Line 1 "looks like a
+  with their own error class (scoring, predict, variant_effects) pass the
+  message on unchanged. Non-finite values are no exception, submissions
+  included: the first one is named, not all of them counted (a NaN anywhere
+  means the predictions must be made again; a count would need a second pass).
+* Header lines are errors, not skipped (except with `allow_header`): DREAM
+  files have no header and a file with one is probably not the file the user
+  meant. Line 1 "looks like a
   header" when its last field is not a number and its first field holds
   characters other than A/C/G/T/N (e.g. `sequence<TAB>expression`), or, in a file
   without values, when it holds a letter that is no IUPAC nucleotide code
@@ -57,7 +71,8 @@ Policies for unusual input (each one is tested, for every caller):
   `ReadReport.rows_with_other_letters` / `total_other_letters`.
 * Blank lines at the end of the file: ignored, counted in
   `ReadReport.skipped_lines['trailing blank lines']`. No row is ever dropped, so
-  `ReadReport.num_rows` is the number of data lines and row i is line i + 1.
+  `ReadReport.num_rows` is the number of data lines and row i is line i + 1
+  (i + 2 after a header skipped by `allow_header`: `DreamTable.first_line`).
 
 Cache: `read_dream_file` caches the encoded arrays keyed by a blake2b hash of
 the source file's bytes (so a renamed or copied file hits, an edited one
@@ -102,6 +117,7 @@ _NEWLINE, _CR, _TAB = 10, 13, 9
 _ROWS_PER_CHUNK = 1 << 17  # ~16 MB of text; bounds the temporaries.
 _SCAN_BYTES = 1 << 26  # bytes per chunk of the newline/tab scan.
 _MAX_FAST_EXPRESSION_WIDTH = 64  # longer expression fields parse one by one.
+_HEADER_SCAN = 1 << 16  # a line 1 longer than this is no header.
 _HASH_BLOCK = 1 << 23
 
 _BASE, _N, _OTHER_LETTER, _INVALID = 1, 2, 4, 8  # Byte classes (bits).
@@ -348,6 +364,7 @@ class _Layout:
   """What a caller accepts. With optional values, line 1 settles `columns`."""
   allow_negative: bool = False
   values_optional: bool = False
+  allow_header: bool = False
   columns: int = 2
 
   def expected(self) -> str:
@@ -364,6 +381,20 @@ def _looks_like_header(fields: list[bytes], layout: _Layout) -> bool:
   if _parse_number(fields[-1].strip()) is not None:
     return False
   return bool(re.search(rb'[^ACGTNacgtn]', fields[0]))
+
+
+def _header_end(buf: np.ndarray, layout: _Layout) -> int:
+  """Bytes of a line 1 that looks like a header, newline included; else 0."""
+  head = buf[:_HEADER_SCAN].tobytes()
+  newline = head.find(b'\n')
+  if newline < 0 and buf.shape[0] > len(head):
+    return 0  # A line this long is data, whatever it holds.
+  fields = (head if newline < 0 else head[:newline]).rstrip(b'\r').split(b'\t')
+  if layout.values_optional:
+    layout = dataclasses.replace(layout, columns=min(len(fields), 2))
+  if not _looks_like_header(fields, layout):
+    return 0
+  return buf.shape[0] if newline < 0 else newline + 1
 
 
 def _describe_columns(line: bytes, fields: list[bytes], layout: _Layout) -> str:
@@ -585,20 +616,35 @@ class _Parsed:
   expression: np.ndarray | None
   lengths: np.ndarray
   extra: dict
-  buf: np.ndarray  # The text the rows were parsed from, BOM removed.
+  buf: np.ndarray  # The rows' text: no BOM, allowed header, trailing blanks.
   sequence_starts: np.ndarray
+  first_line: int  # Line number of row 0 (2 after an allowed header).
+
+
+def _data_text(path: str, buf: np.ndarray,
+               layout: _Layout) -> tuple[np.ndarray, int, dict[str, int]]:
+  """(bytes of the data lines, line number of the first, lines set aside)."""
+  if buf[:3].tobytes() == _BOM:
+    buf = buf[3:]
+  buf, trailing_blank = _strip_trailing_blank(buf)
+  skipped = {'trailing blank lines': trailing_blank} if trailing_blank else {}
+  expected = _EXPECTED_LINE + (" or 'sequence'" if layout.values_optional
+                               else '')
+  if buf.shape[0] == 0:
+    raise DreamDataError(f'{path}:1: empty file; expected lines {expected}')
+  header = _header_end(buf, layout) if layout.allow_header else 0
+  if not header:
+    return buf, 1, skipped
+  if header == buf.shape[0]:
+    raise DreamDataError(f'{path}:2: no rows after the header line; expected '
+                         f'lines {expected}')
+  return buf[header:], 2, {'header line': 1, **skipped}
 
 
 def _parse_buffer(path: str, buf: np.ndarray, layout: _Layout,
                   value_dtype=np.float32) -> _Parsed:
   """Parses a whole file's bytes (the one parser of every caller)."""
-  if buf[:3].tobytes() == _BOM:
-    buf = buf[3:]
-  buf, trailing_blank = _strip_trailing_blank(buf)
-  if buf.shape[0] == 0:
-    either = " or 'sequence'" if layout.values_optional else ''
-    raise DreamDataError(f'{path}:1: empty file; expected lines '
-                         f'{_EXPECTED_LINE}{either}')
+  buf, first_line, skipped = _data_text(path, buf, layout)
   line_starts, line_ends = _line_bounds(buf)
   num_lines = line_starts.shape[0]
   tabs = _find_bytes(buf, _TAB)
@@ -614,7 +660,8 @@ def _parse_buffer(path: str, buf: np.ndarray, layout: _Layout,
     first_bad = int(bad_lines[0])
   if layout.columns == 1:
     tabs = line_ends[:first_bad]
-    _check_header(path, buf, int(line_ends[0]), layout)
+    if first_line == 1:
+      _check_header(path, buf, int(line_ends[0]), layout)
   elif first_bad < num_lines:
     tabs = tabs[np.searchsorted(tabs, line_starts[:first_bad])]
   del tab_counts
@@ -628,17 +675,15 @@ def _parse_buffer(path: str, buf: np.ndarray, layout: _Layout,
     hi = min(lo + _ROWS_PER_CHUNK, first_bad)
     values, lengths[lo:hi] = _parse_row_chunk(
         path, buf, line_starts[lo:hi], tabs[lo:hi], line_ends[lo:hi],
-        lo + 1, layout, counts, codes[lo:hi])
+        lo + first_line, layout, counts, codes[lo:hi])
     if expression is not None:
       expression[lo:hi] = values
   if first_bad < num_lines:
     raise _line_error(path, buf, int(line_starts[first_bad]),
-                      int(line_ends[first_bad]), first_bad + 1, layout)
-  extra = dict(dataclasses.asdict(counts))
-  extra['skipped_lines'] = (
-      {'trailing blank lines': trailing_blank} if trailing_blank else {})
+                      int(line_ends[first_bad]), first_bad + first_line, layout)
+  extra = dict(dataclasses.asdict(counts), skipped_lines=skipped)
   return _Parsed(codes, expression, lengths, extra, buf,
-                 line_starts[:first_bad])
+                 line_starts[:first_bad], first_line)
 
 
 def _check_header(path: str, buf: np.ndarray, line_end: int,
@@ -877,6 +922,8 @@ class DreamTable:
     lengths: int32 [N], sequence lengths before padding / truncation.
     source: path the rows were read from.
     report: what the reader found (expression figures NaN without values).
+    first_line: line number of row 0: row i is line i + first_line (2 after a
+      header skipped by `allow_header`, else 1).
   """
   sequences: tuple[str, ...]
   values: np.ndarray | None
@@ -884,6 +931,7 @@ class DreamTable:
   lengths: np.ndarray
   source: str
   report: ReadReport
+  first_line: int = 1
 
   def __len__(self) -> int:
     return len(self.sequences)
@@ -891,8 +939,10 @@ class DreamTable:
 
 def read_dream_table(path: str | os.PathLike[str], *,
                      values_optional: bool = False,
-                     allow_negative: bool = False) -> DreamTable:
-  """Reads a `sequence<TAB>value` file keeping the text: test sets, inputs.
+                     allow_negative: bool = False,
+                     allow_header: bool = False) -> DreamTable:
+  """Reads a `sequence<TAB>value` file keeping the text: test sets, inputs,
+  submissions.
 
   The parser and policies of `read_dream_file` (module docstring), without the
   cache, with values kept as float64 (scores are computed in float64).
@@ -903,6 +953,8 @@ def read_dream_table(path: str | os.PathLike[str], *,
       1 decides; every line must have the same columns). False: values
       required, as for training and the measured test set.
     allow_negative: accept negative values (measurements on another scale).
+    allow_header: skip a line 1 that looks like a header instead of refusing
+      it (submissions: pandas writes one); the rows then start on line 2.
   Raises:
     DreamFileNotFoundError, DreamDataError (`path:line: ...`).
   """
@@ -913,7 +965,7 @@ def read_dream_table(path: str | os.PathLike[str], *,
   except OSError as e:
     raise _read_error(path, e) from None
   layout = _Layout(allow_negative=allow_negative,
-                   values_optional=values_optional)
+                   values_optional=values_optional, allow_header=allow_header)
   parsed = _parse_buffer(path, source, layout, value_dtype=np.float64)
   text = parsed.buf.tobytes()
   # Validated sequences hold ASCII letters only, so ASCII decoding is safe.
@@ -926,7 +978,7 @@ def read_dream_table(path: str | os.PathLike[str], *,
     if array is not None:
       array.setflags(write=False)
   return DreamTable(sequences, parsed.expression, parsed.codes, parsed.lengths,
-                    path, report)
+                    path, report, parsed.first_line)
 
 
 def report_lines(report: ReadReport) -> list[str]:

@@ -55,8 +55,11 @@ arrays (tests, other layouts).
 
 Policies (each one is tested):
 
-* Non-finite predictions (NaN, inf) are an error (`ScoringError`) that says how
-  many and where the first one is; readers name the file and line (or key).
+* Non-finite predictions (NaN, inf) are an error (`ScoringError`) naming where
+  the first one is (file and line, or key). The json and csv readers also say
+  how many there are; a tsv submission is a `sequence<TAB>value` file, read by
+  the one reader of that layout (`dream_data.read_dream_table`), which stops at
+  the first bad line like it does for every other file.
 * A constant prediction (or constant predicted differences within a pair
   subset) has no correlation: that subset's r, r^2 and rho are NaN and so are
   the split's three scores, explicitly, never a silent number. A subset with
@@ -473,8 +476,15 @@ class TestSet:
     return len(self.sequences)
 
 
-def _is_dna(text: str) -> bool:
-  return bool(text) and not text.upper().strip('ACGTN')
+def _read_table(path: str | os.PathLike[str],
+                **options) -> dream_data.DreamTable:
+  """`dream_data.read_dream_table`, its messages passed on as ScoringErrors."""
+  try:
+    return dream_data.read_dream_table(path, allow_negative=True, **options)
+  except dream_data.DreamFileNotFoundError as e:
+    raise ScoringFileNotFoundError(str(e)) from None
+  except dream_data.DreamDataError as e:
+    raise ScoringError(str(e)) from None
 
 
 def read_test_set(path: str | os.PathLike[str]) -> TestSet:
@@ -490,12 +500,7 @@ def read_test_set(path: str | os.PathLike[str]) -> TestSet:
       empty file, a line without exactly two fields, a bad sequence, a missing,
       non-numeric or non-finite measurement, ...
   """
-  try:
-    table = dream_data.read_dream_table(path, allow_negative=True)
-  except dream_data.DreamFileNotFoundError as e:
-    raise ScoringFileNotFoundError(str(e)) from None
-  except dream_data.DreamDataError as e:
-    raise ScoringError(str(e)) from None
+  table = _read_table(path)
   return TestSet(table.sequences, table.values, table.source)
 
 
@@ -570,9 +575,12 @@ def read_tsv_predictions(path: str | os.PathLike[str], *,
                          num_rows: int | None = None) -> Predictions:
   """Reads a final-phase submission: `sequence<TAB>prediction`, test-file order.
 
-  A first line whose value is not a number and whose first field is not DNA
-  (e.g. `sequence<TAB>prediction`) is taken as a header and skipped; any other
-  unreadable line is an error.
+  `dream_data.read_dream_table` reads it, with the policies of every
+  `sequence<TAB>value` file and two arguments: negative predictions are
+  allowed, and so is a header line (`allow_header`: a line 1 such as
+  `sequence<TAB>prediction` is skipped). Anything else it refuses, a
+  non-finite prediction included (the first one is named), is a ScoringError
+  with its `path:line: ` message unchanged.
 
   Args:
     path: the TSV (plain or gzip).
@@ -587,42 +595,12 @@ def read_tsv_predictions(path: str | os.PathLike[str], *,
     ScoringFileNotFoundError, ScoringError (`path:line: ...`).
   """
   path = os.fspath(path)
-  lines = textfiles.split_lines(_read_text(path, 'predictions file'))
-  first_line = 1
-  if lines:
-    fields = lines[0].split('\t')
-    if len(fields) == 2 and not _is_dna(fields[0].strip()):
-      try:
-        float(fields[1])
-      except ValueError:
-        lines, first_line = lines[1:], 2
-  if not lines:
-    raise ScoringError(f'{path}:{first_line}: no prediction rows')
-  sequences, values, bad = [], [], []
-  for number, line in enumerate(lines, start=first_line):
-    where = f'{path}:{number}'
-    fields = line.split('\t')
-    if len(fields) != 2 or not fields[0].strip():
-      raise ScoringError(f'{where}: expected "sequence<TAB>prediction", got '
-                         f'{line[:60]!r}')
-    text = fields[1].strip()
-    try:
-      value = float(text)
-    except ValueError:
-      raise ScoringError(f'{where}: prediction {text!r} is not a number'
-                         ) from None
-    if not math.isfinite(value):
-      bad.append((where, text))
-    sequences.append(fields[0].strip())
-    values.append(value)
-  if bad:
-    raise _non_finite_error(path, bad)
-  if test_set is None and num_rows is not None and len(values) != num_rows:
-    raise ScoringError(f'{path}: {len(values)} prediction rows, expected '
+  table = _read_table(path, allow_header=True)
+  if test_set is None and num_rows is not None and len(table) != num_rows:
+    raise ScoringError(f'{path}: {len(table)} prediction rows, expected '
                        f'{num_rows}')
-  _check_sequences(sequences, first_line, path, test_set)
-  array = np.asarray(values, np.float64)
-  return Predictions(array, np.ones(array.shape[0], bool), path)
+  _check_sequences(table.sequences, table.first_line, path, test_set)
+  return Predictions(table.values, np.ones(len(table), bool), path)
 
 
 def read_json_predictions(path: str | os.PathLike[str], *,

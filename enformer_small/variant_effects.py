@@ -223,38 +223,43 @@ def read_edits(path: str) -> List[Edit]:
           for number, fields in _data_lines(path, EDIT_COLUMNS)]
 
 
-def read_sequences(path: str) -> Tuple[List[str], List[str]]:
-  """(names, sequences) of a FASTA file, or of a file with one `sequence[<TAB>...]` per
-  line (plain sequences, DREAM files; columns after the first are ignored).
-
-  FASTA when the first line starts with '>'; a record's sequence may span lines. Names
-  are the FASTA titles (up to the first space), else the line numbers.
-  """
-  if not os.path.exists(path):
-    raise VariantInputError(f'{path}: no such file')
-  try:
-    lines = textfiles.split_lines(textfiles.read_bytes(path).decode('utf-8-sig'))
-  except (OSError, UnicodeDecodeError, textfiles.CorruptGzipError) as e:
-    raise VariantInputError(f'{path}: cannot read: {e}') from e
-  if not lines:
-    raise VariantInputError(f'{path}: empty file')
+def _read_fasta(path: str, lines: List[str]) -> Tuple[List[str], List[str]]:
   names, sequences = [], []
-  fasta = lines[0].startswith('>')
   for number, line in enumerate(lines, start=1):
-    if fasta and line.startswith('>'):
+    if line.startswith('>'):
       names.append(line[1:].split()[0] if line[1:].strip() else str(number))
       sequences.append('')
-      continue
-    text = line.strip() if fasta else line.split('\t')[0].strip()
-    if fasta and not text:
-      continue
-    _check_sequence(path, number, 'sequence', text)
-    if fasta:
-      sequences[-1] += text
-    else:
-      names.append(str(number))
-      sequences.append(text)
+    elif line.strip():
+      sequences[-1] += _check_sequence(path, number, 'sequence', line.strip())
   empty = [name for name, seq in zip(names, sequences) if not seq]
   if empty:
     raise VariantInputError(f'{path}: FASTA record {empty[0]!r} has no sequence')
   return names, sequences
+
+
+def read_sequences(path: str) -> Tuple[List[str], List[str]]:
+  """(names, sequences) of a FASTA file, or of a DREAM file: `sequence<TAB>value`
+  or bare sequences, one per line.
+
+  FASTA when the first line starts with '>'; a record's sequence may span lines. Names
+  are the FASTA titles (up to the first space), else the line numbers. Anything else is
+  read by the one reader of the DREAM layout (`dream_data.read_dream_table`, values
+  optional and allowed negative; the values are not used), with its policies and its
+  `path:line: ` messages.
+  """
+  try:
+    data = textfiles.read_bytes(path)
+  except (OSError, textfiles.CorruptGzipError):
+    data = b''  # Not FASTA, then: the DREAM reader says why, as for every file.
+  if not data.removeprefix(b'\xef\xbb\xbf').startswith(b'>'):
+    try:
+      table = dream_data.read_dream_table(path, values_optional=True,
+                                          allow_negative=True)
+    except dream_data.DreamDataError as e:
+      raise VariantInputError(str(e)) from None
+    lines = range(table.first_line, table.first_line + len(table))
+    return [str(line) for line in lines], list(table.sequences)
+  try:
+    return _read_fasta(path, textfiles.split_lines(data.decode('utf-8-sig')))
+  except UnicodeDecodeError as e:
+    raise VariantInputError(f'{path}: cannot read: {e}') from e

@@ -8,9 +8,13 @@ r"""Which bases drive a checkpoint's predictions: ISM, gradient x input, integra
       --synthetic_rows 300 --synthetic_seed 1 --output_dir attr_synthetic/
 
 Input (--input): FASTA, a DREAM file (`sequence<TAB>expression`) or one sequence per
-line, plain or gzip. Sequences are encoded as in training (the 110 bp DREAM encoding)
-and the model reads its window of it, [s, s + L) (s the checkpoint's crop_start: 15 for
-the seed's 85 bp, 0 for 110 bp); positions below are 1-based in the sequence as written.
+line, plain or gzip. The last two are read by the project's one reader of that layout
+(`dream_data.read_dream_table`, `variant_effects.read_sequences`) with its policies: a
+bad line is an error naming the file and line, values may be negative and are not
+used, and there is no header line. Sequences are encoded as in training (the 110 bp
+DREAM encoding) and the model reads its window of it, [s, s + L) (s the checkpoint's
+crop_start: 15 for the seed's 85 bp, 0 for 110 bp); positions below are 1-based in the
+sequence as written.
 Checkpoints of experiments.train and converted ones (experiments.convert) both work.
 
 Writes to --output_dir:

@@ -22,8 +22,11 @@ r"""Official DREAM 2022 scores of test-set predictions (public, private split).
 
 Formats (--format auto picks by file name: *.json -> json, *.csv[.gz] -> csv,
 anything else -> tsv):
-  tsv   final-phase submission, `sequence<TAB>prediction` in test-file order
-        (sequences are checked against --test_file unless --nocheck_sequences)
+  tsv   final-phase submission, `sequence<TAB>prediction` in test-file order,
+        with or without a header line; read by the one `sequence<TAB>value`
+        reader (dream_data) with its policies, e.g. the first NaN is an error
+        naming its line (sequences are checked against --test_file unless
+        --nocheck_sequences)
   json  leaderboard-phase submission `{"test_row": prediction}`: only the splits
         whose rows are all present are scored (public, for a leaderboard file)
   csv   a CSV with a header; --column names the prediction column (a `seq`

@@ -400,6 +400,57 @@ def test_read_dream_table_values_are_required_by_default(tmp_path):
   assert str(info.value).startswith(f'{path}:1: missing tab')
 
 
+def table_error(path, **options) -> str:
+  with pytest.raises(dream_data.DreamDataError) as info:
+    dream_data.read_dream_table(path, **options)
+  return str(info.value)
+
+
+def test_read_dream_table_allow_header_skips_a_header_line_and_counts_it(
+    tmp_path):
+  path = write(tmp_path, '\ufeffseq\tprediction\r\nACGT\t1\nGGCC\t2\n\n')
+  table = dream_data.read_dream_table(path, allow_header=True)
+  assert table.sequences == ('ACGT', 'GGCC')
+  assert table.values.tolist() == [1.0, 2.0]
+  assert table.first_line == 2
+  assert table.report.skipped_lines == {'header line': 1,
+                                        'trailing blank lines': 1}
+  assert table.report.num_rows == 2
+  path = write(tmp_path, 'sequence\nACGT\n')
+  table = dream_data.read_dream_table(path, allow_header=True,
+                                      values_optional=True)
+  assert (table.sequences, table.values, table.first_line) == (
+      ('ACGT',), None, 2)
+
+
+def test_read_dream_table_allow_header_reads_a_data_line_1_as_data(tmp_path):
+  """Only a line the header rule names is skipped; nothing else changes."""
+  path = write(tmp_path, 'ACGT\t1\nGGCC\t2\n')
+  table = dream_data.read_dream_table(path, allow_header=True)
+  assert (table.sequences, table.first_line) == (('ACGT', 'GGCC'), 1)
+  assert table.report.skipped_lines == {}
+  path = write(tmp_path, 'ACGT\tx\n')  # DNA first field: data, not a header
+  assert table_error(path, allow_header=True) == (
+      f"{path}:1: expression 'x' is not a number; expected a decimal number "
+      'such as 12 or 15.18')
+
+
+def test_read_dream_table_allow_header_counts_lines_from_the_file_top(
+    tmp_path):
+  path = write(tmp_path, 'seq\tvalue\nACGT\t1\nsequence\tvalue\n')
+  assert table_error(path, allow_header=True) == (  # a header only on line 1
+      f"{path}:3: expression 'value' is not a number; expected a decimal "
+      'number such as 12 or 15.18')
+  path = write(tmp_path, 'seq\tvalue\n\n\n')
+  assert table_error(path, allow_header=True) == (
+      f"{path}:2: no rows after the header line; expected lines "
+      "'sequence<TAB>expression'")
+  assert table_error(path) == (
+      f"{path}:1: line looks like a header ('seq\\tvalue'); DREAM files have "
+      'no header: remove the line (e.g. tail -n +2 FILE > NEW_FILE); expected '
+      "'sequence<TAB>expression' from line 1 on")
+
+
 # ---------------------------------------------------------------------------
 # Hold-out split.
 

@@ -1,11 +1,14 @@
-"""The three callers of the `sequence<TAB>value` reader agree.
+"""The callers of the `sequence<TAB>value` reader agree.
 
-Training (`dream_data.read_dream_file`), scoring (`scoring.read_test_set`) and
-predict (`experiments.predict.read_input`) run the same parser with the same
-policies. Each file below goes through all three; they read the same rows or
-refuse the file with the same `path:line: ` message. Where they differ, the
-difference is an argument of the reader (negative values: training refuses
-them; values optional: predict only), and the cases say so.
+Training (`dream_data.read_dream_file`), the measured test set
+(`scoring.read_test_set`), a submission (`scoring.read_tsv_predictions`),
+predict (`experiments.predict.read_input`) and attribute
+(`variant_effects.read_sequences`, for anything but FASTA) run the same parser
+with the same policies. Each file below goes through all of them; they read the
+same rows or refuse the file with the same `path:line: ` message. Where they
+differ, the difference is an argument of the reader (negative values: training
+refuses them; values optional: predict and attribute; a header line:
+submissions skip it), and the cases say so.
 """
 
 import gzip
@@ -15,6 +18,7 @@ import pytest
 
 from enformer_small import dream_data
 from enformer_small import scoring
+from enformer_small import variant_effects
 from experiments import predict
 
 LONG = 'ACGT' * 30  # 120 bp: truncated to 110 by the encoding.
@@ -86,21 +90,35 @@ def training(path):
 CALLERS = {
     'training': (training, dream_data.DreamDataError),
     'scoring': (scoring.read_test_set, scoring.ScoringError),
+    'submission': (scoring.read_tsv_predictions, scoring.ScoringError),
     'predict': (predict.read_input, predict.PredictError),
+    'attribute': (variant_effects.read_sequences,
+                  variant_effects.VariantInputError),
 }
 
 
-def rows_read(caller, path):
-  """(codes, values) as the caller read them; sequences too where it keeps them."""
+def rows_read(caller, path, sequences=()):
+  """(sequences, codes, values) as the caller read them; None for what it drops.
+
+  A submission keeps neither sequences nor codes: its sequences are matched to
+  `sequences` as scoring matches them to the test set (any case).
+  """
   read, _ = CALLERS[caller]
+  if caller == 'submission':
+    expected = scoring.TestSet(tuple(sequences), np.zeros(len(sequences)), 'x')
+    return None, None, read(str(path), test_set=expected).values
   result = read(str(path))
   if caller == 'training':
     return None, result.codes, result.expression
   if caller == 'scoring':
-    sequences, values = list(result.sequences), result.measured
+    got, values = list(result.sequences), result.measured
+  elif caller == 'attribute':
+    names, got = result
+    assert names == [str(line) for line in range(1, len(got) + 1)]
+    values = None
   else:
-    sequences, values = result
-  return sequences, dream_data.encode_sequences(sequences), values
+    got, values = result
+  return got, dream_data.encode_sequences(got), values
 
 
 def error_of(caller, path) -> str:
@@ -120,20 +138,49 @@ def write(tmp_path, content):
 @pytest.mark.parametrize('caller', sorted(CALLERS))
 def test_every_caller_reads_the_same_rows(tmp_path, caller, case):
   content, sequences, values = SAME_ROWS[case]
-  got_sequences, codes, got_values = rows_read(caller, write(tmp_path, content))
+  got_sequences, codes, got_values = rows_read(
+      caller, write(tmp_path, content), sequences)
   if got_sequences is not None:
     assert got_sequences == sequences  # exactly as written
-  np.testing.assert_array_equal(codes, dream_data.encode_sequences(sequences))
-  np.testing.assert_array_equal(got_values, np.asarray(values, got_values.dtype))
+  if codes is not None:
+    np.testing.assert_array_equal(codes, dream_data.encode_sequences(sequences))
+  if got_values is not None:
+    np.testing.assert_array_equal(got_values,
+                                  np.asarray(values, got_values.dtype))
 
 
-@pytest.mark.parametrize('case', sorted(SAME_ERROR))
-@pytest.mark.parametrize('caller', sorted(CALLERS))
+# Documented differences, each tested on its own below.
+REFUSED_BY_OTHERS = {('submission', 'header line')}
+
+
+@pytest.mark.parametrize('caller, case', [
+    (caller, case) for caller in sorted(CALLERS) for case in sorted(SAME_ERROR)
+    if (caller, case) not in REFUSED_BY_OTHERS])
 def test_every_caller_refuses_with_the_same_file_line_message(
     tmp_path, caller, case):
   content, line, message = SAME_ERROR[case]
   path = write(tmp_path, content)
   assert error_of(caller, path) == f'{path}:{line}: {message}'
+
+
+def test_a_header_line_is_skipped_in_submissions_only(tmp_path):
+  """allow_header: pandas writes one; every other caller refuses the file."""
+  content, line, message = SAME_ERROR['header line']
+  path = write(tmp_path, content)
+  _, _, values = rows_read('submission', path, ['ACGT'])
+  assert values.tolist() == [1.0]
+  for caller in sorted(set(CALLERS) - {'submission'}):
+    assert error_of(caller, path) == f'{path}:{line}: {message}'
+
+
+def test_a_submission_counts_lines_from_its_header(tmp_path):
+  path = write(tmp_path, b'seq\tpred\nACGT\t1\nGGCC\tnan\n')
+  assert error_of('submission', path) == (
+      f"{path}:3: expression 'nan' is not finite; expected a finite number")
+  path = write(tmp_path, b'seq\tpred\r\n\n')
+  assert error_of('submission', path) == (
+      f"{path}:2: no rows after the header line; expected lines "
+      "'sequence<TAB>expression'")
 
 
 @pytest.mark.parametrize('caller', sorted(CALLERS))
@@ -159,48 +206,58 @@ def test_negative_values_are_refused_by_training_only(tmp_path):
       f'{path}:2: negative expression -0.5; expected a value >= 0 (training '
       'files); pass allow_negative=True for files on another scale, such as '
       "the test set's measured values")
-  for caller in ('scoring', 'predict'):
-    _, _, values = rows_read(caller, path)
+  for caller in ('scoring', 'submission', 'predict'):
+    _, _, values = rows_read(caller, path, ['ACGT', 'GGCC'])
     assert values.tolist() == [1.0, -0.5]
     assert values.dtype == np.float64
+  assert variant_effects.read_sequences(str(path)) == (['1', '2'],
+                                                       ['ACGT', 'GGCC'])
 
 
 def test_a_file_without_values_is_predicted_but_neither_trained_nor_scored(
     tmp_path):
-  """values_optional: predict only."""
+  """values_optional: predict and attribute only."""
   path = write(tmp_path, b'ACGT\nGGCC\n')
   assert predict.read_input(str(path)) == (['ACGT', 'GGCC'], None)
+  assert variant_effects.read_sequences(str(path)) == (['1', '2'],
+                                                       ['ACGT', 'GGCC'])
   expected = (f"{path}:1: missing tab: expected 2 tab-separated columns "
               "'sequence<TAB>expression', found 1 column 'ACGT'")
-  assert error_of('training', path) == error_of('scoring', path) == expected
+  for caller in ('training', 'scoring', 'submission'):
+    assert error_of(caller, path) == expected
 
 
 def test_ragged_lines_are_refused_by_every_caller(tmp_path):
-  """Predict, which takes files with or without values, adds that line 1 decides."""
+  """Predict and attribute, which take files with or without values, add that
+  line 1 decides."""
   path = write(tmp_path, b'ACGT\t1\nGGCC\n')
-  assert error_of('training', path) == error_of('scoring', path) == (
-      f'{path}:2: {MISSING_TAB}')
-  assert error_of('predict', path) == (
-      f'{path}:2: {MISSING_TAB} (line 1 has 2; every line must have the same '
-      'columns)')
+  for caller in ('training', 'scoring', 'submission'):
+    assert error_of(caller, path) == f'{path}:2: {MISSING_TAB}'
+  for caller in ('predict', 'attribute'):
+    assert error_of(caller, path) == (
+        f'{path}:2: {MISSING_TAB} (line 1 has 2; every line must have the same '
+        'columns)')
   path = write(tmp_path, b'ACGT\nGGCC\t1\n')
-  assert error_of('predict', path) == (
-      f"{path}:2: found 2 tab-separated columns 'GGCC\\t1' where line 1 has 1 "
-      "(sequence only); expected 'sequence' on every line, as on line 1")
+  for caller in ('predict', 'attribute'):
+    assert error_of(caller, path) == (
+        f"{path}:2: found 2 tab-separated columns 'GGCC\\t1' where line 1 has "
+        "1 (sequence only); expected 'sequence' on every line, as on line 1")
 
 
 def test_empty_file_is_refused_by_every_caller(tmp_path):
   for content in (b'', b'\n\r\n'):
     path = write(tmp_path, content)
-    assert error_of('training', path) == error_of('scoring', path) == (
-        f'{path}:1: {EMPTY}')
-    assert error_of('predict', path) == f"{path}:1: {EMPTY} or 'sequence'"
+    for caller in ('training', 'scoring', 'submission'):
+      assert error_of(caller, path) == f'{path}:1: {EMPTY}'
+    for caller in ('predict', 'attribute'):
+      assert error_of(caller, path) == f"{path}:1: {EMPTY} or 'sequence'"
 
 
 def test_header_of_a_file_without_values_is_refused(tmp_path):
   """`sequence` holds letters no DNA sequence has (e, q, u)."""
   path = write(tmp_path, b'sequence\nACGT\n')
-  assert error_of('predict', path) == (
-      f"{path}:1: line looks like a header ('sequence'); DREAM files have no "
-      'header: remove the line (e.g. tail -n +2 FILE > NEW_FILE); expected '
-      "'sequence' from line 1 on")
+  for caller in ('predict', 'attribute'):
+    assert error_of(caller, path) == (
+        f"{path}:1: line looks like a header ('sequence'); DREAM files have no "
+        'header: remove the line (e.g. tail -n +2 FILE > NEW_FILE); expected '
+        "'sequence' from line 1 on")

@@ -6,6 +6,7 @@ Camformer's published test-set predictions, and cross-check the published final
 leaderboard.
 """
 
+import dataclasses
 import gzip
 import json
 import math
@@ -287,25 +288,54 @@ def test_read_tsv_predictions_checks_order_against_the_test_file(
     scoring.read_tsv_predictions(path, test_set=tiny_test_set)
 
 
-@pytest.mark.parametrize('content, message', [
-    ('ACGTACGT\t1\nTTTTCCCC\tabc\nGGGGAAAA\t1\n',
-     r"pred.tsv:2: prediction 'abc' is not a number"),
-    ('ACGTACGT\t1\nTTTTCCCC\tnan\nGGGGAAAA\tinf\n',
-     r"pred.tsv:2: prediction 'nan' is not finite \(2 non-finite"),
-    ('ACGTACGT\t1\nTTTTCCCC 2\nGGGGAAAA\t1\n',
-     r'pred.tsv:2: expected "sequence<TAB>prediction"'),
-    ('ACGTACGT\t1\n\nGGGGAAAA\t1\n',
-     r'pred.tsv:2: expected "sequence<TAB>prediction"'),
-    ('ACGTACGT\tx\nTTTTCCCC\t1\n',   # a DNA first field is data, not a header
-     r"pred.tsv:1: prediction 'x' is not a number"),
-    ('', r'pred.tsv:1: no prediction rows'),
+def test_read_tsv_predictions_counts_lines_from_the_top_of_the_file(
+    tmp_path, tiny_test_set):
+  """After a skipped header, row i is line i + 2 in every message."""
+  path = tmp_path / 'pred.tsv'
+  path.write_text('sequence\tprediction\nACGTACGT\t1\nGGGGAAAA\t2\n'
+                  'TTTTCCCC\t3\n')
+  with pytest.raises(scoring.ScoringError) as info:
+    scoring.read_tsv_predictions(path, test_set=tiny_test_set)
+  assert str(info.value) == (
+      f"{path}:3: sequence does not match test row 1 of {tiny_test_set.source} "
+      "(got 'GGGGAAAA'..., expected 'TTTTCCCC'...); predictions must be in "
+      'test-file order')
+  path.write_text('sequence\tprediction\nACGTACGT\t1\nTTTTCCCC\tnan\n')
+  with pytest.raises(scoring.ScoringError) as info:
+    scoring.read_tsv_predictions(path)
+  assert str(info.value) == (
+      f"{path}:3: expression 'nan' is not finite; expected a finite number")
+
+
+@pytest.mark.parametrize('content, line, message', [
+    ('ACGTACGT\t1\nTTTTCCCC\tabc\nGGGGAAAA\t1\n', 2,
+     "expression 'abc' is not a number; expected a decimal number such as 12 "
+     'or 15.18'),
+    # The first non-finite prediction is named, as any other bad line.
+    ('ACGTACGT\t1\nTTTTCCCC\tnan\nGGGGAAAA\tinf\n', 2,
+     "expression 'nan' is not finite; expected a finite number"),
+    ('ACGTACGT\t1\nTTTTCCCC 2\nGGGGAAAA\t1\n', 2,
+     "missing tab: expected 2 tab-separated columns 'sequence<TAB>expression', "
+     "found 1 column 'TTTTCCCC 2'"),
+    ('ACGTACGT\t1\n\nGGGGAAAA\t1\n', 2,
+     "blank line; expected 'sequence<TAB>expression' (blank lines are only "
+     'allowed at the end of the file)'),
+    # A DNA first field is data, not a header.
+    ('ACGTACGT\tx\nTTTTCCCC\t1\n', 1,
+     "expression 'x' is not a number; expected a decimal number such as 12 or "
+     '15.18'),
+    ('', 1, "empty file; expected lines 'sequence<TAB>expression'"),
+    ('sequence\tprediction\n\n', 2,
+     "no rows after the header line; expected lines 'sequence<TAB>expression'"),
 ])
 def test_read_tsv_predictions_names_file_and_line_of_bad_input(
-    tmp_path, content, message):
+    tmp_path, content, line, message):
+  """`dream_data.read_dream_table`'s messages (tests/test_one_reader.py)."""
   path = tmp_path / 'pred.tsv'
   path.write_text(content)
-  with pytest.raises(scoring.ScoringError, match=message):
+  with pytest.raises(scoring.ScoringError) as info:
     scoring.read_tsv_predictions(path)
+  assert str(info.value) == f'{path}:{line}: {message}'
 
 
 def test_read_json_predictions_marks_only_present_rows(tmp_path):
@@ -467,8 +497,8 @@ def test_cli_prints_tables_and_named_scores_and_fails_in_one_line(tmp_path):
   done = _run_cli(f'--predictions={pred_file}', *common)
   assert done.returncode == 1
   assert done.stderr.strip().splitlines() == [
-      f"error: {pred_file}:1: prediction 'nan' is not finite (1 non-finite "
-      f'prediction(s) in {pred_file}; first shown)']
+      f"error: {pred_file}:1: expression 'nan' is not finite; expected a "
+      'finite number']
 
 
 # ---------------------------------------------------------------------------
@@ -522,6 +552,25 @@ def test_camformer_reference_figures_are_reproduced(real, split):
   got = (result.score_pearson_r2, result.weighted_mean_r, result.score_spearman)
   for name, value, expected in zip(scoring.SCORE_NAMES, got, REFERENCE[split]):
     assert abs(value - expected) < 6e-5, (split, name, value, expected)
+
+
+def test_real_tsv_submission_with_a_header_scores_as_the_csv(
+    real, shared_dir, tmp_path):
+  """Camformer's predictions as a pandas-style gzipped TSV submission (header
+  line, lowercase sequences): the same scores as from the CSV, exactly."""
+  test_set, splits, score = real
+  camformer = scoring.read_csv_predictions(
+      shared_dir / 'reference_predictions' /
+      'camformer_test_predictions.csv.gz', 'orig_model_expr')
+  path = tmp_path / 'submission.tsv.gz'
+  path.write_bytes(gzip.compress(''.join(
+      ['sequence\tprediction\n'] +
+      [f'{s.lower()}\t{v!r}\n' for s, v in
+       zip(test_set.sequences, camformer.values.tolist())]).encode()))
+  predictions = scoring.read_tsv_predictions(path, test_set=test_set)
+  np.testing.assert_array_equal(predictions.values, camformer.values)
+  assert scoring.score_predictions(predictions, test_set, splits) == (
+      dataclasses.replace(score, source=str(path)))
 
 
 def test_camformer_private_split_agrees_with_the_published_final_leaderboard(

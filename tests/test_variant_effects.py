@@ -195,9 +195,11 @@ def test_read_sequences_fasta_plain_and_dream(tmp_path):
   dream = tmp_path / 'a.txt'
   dream.write_text('ACGT\t11.5\nGGCC\t3\n')
   assert variant_effects.read_sequences(str(dream)) == (['1', '2'], ['ACGT', 'GGCC'])
-  dream.write_text('ACGT\n>x\n')
-  with pytest.raises(variant_effects.VariantInputError, match=f'^{dream}:2: sequence'):
+  dream.write_text('ACGT\n>x\n')  # '>' after line 1: no FASTA, the DREAM reader's error
+  with pytest.raises(variant_effects.VariantInputError) as info:
     variant_effects.read_sequences(str(dream))
+  assert str(info.value) == (f"{dream}:2: invalid character '>' at position 1 of the "
+                             'sequence; expected letters (A, C, G, T, N)')
   fasta.write_text('>one\n>two\nACGT\n')
   with pytest.raises(variant_effects.VariantInputError, match="record 'one' has no"):
     variant_effects.read_sequences(str(fasta))
