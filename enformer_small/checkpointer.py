@@ -1,4 +1,4 @@
-"""A training run's checkpoints: one object saves and restores them (BYOL's `Checkpointer`).
+"""A training run's checkpoints: one object saves and restores them (as BYOL's).
 
 Layout of a run directory:
 
