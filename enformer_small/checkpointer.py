@@ -26,8 +26,9 @@ CRC-32 of every array, checked on restore; `restore_latest` skips a damaged or u
 checkpoint, saying which and why, moves it aside into `damaged_checkpoints/` and goes on
 with the next older one.
 
-Every process of a multi-host job calls `save` with the same host arrays (orbax's
-barriers need all of them); only process 0 writes files.
+In a multi-host job only process 0 calls `save` (the arrays are host copies, the same
+on every process), and orbax runs on each process as if it were alone: no barrier waits
+for processes that save nothing, or that read another number of checkpoints.
 """
 
 import dataclasses
@@ -138,8 +139,11 @@ class Checkpointer:
     """The orbax manager, made on first use: a run that never saves creates nothing."""
     if self._manager is None:
       import orbax.checkpoint as ocp  # Seconds to import; only runs that save need it.
+      # Orbax leaves making the directory to us when it runs on one process alone.
+      os.makedirs(self.directory, exist_ok=True)
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=self.keep or None, create=True, cleanup_tmp_directories=True,
+          max_to_keep=self.keep or None, create=False, cleanup_tmp_directories=True,
+          multiprocessing_options=_alone(),
           # Synchronous: a save is whole once `save` returns, so Ctrl-C, deferred
           # while it runs, never leaves one half written.
           enable_async_checkpointing=False)
@@ -170,6 +174,8 @@ class Checkpointer:
 
   def save(self, *, progress: Optional[EpochProgress] = None, **fields: Any) -> str:
     """Saves a checkpoint under its global step (`fields['step']`); returns its path.
+
+    Call it on process 0 only.
 
     Args:
       progress: within an epoch, how far it got; None at an epoch's end.
@@ -207,7 +213,8 @@ class Checkpointer:
       return Restored(checkpoint_lib.load_checkpoint(path, opt_state_template), None)
     import orbax.checkpoint as ocp
     try:
-      with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+      with ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
+                            multiprocessing_options=_alone()) as reader:
         restored = reader.restore(os.path.abspath(path), args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
       arrays, metadata = _flat(dict(restored['arrays'])), dict(restored['meta'])
@@ -272,10 +279,12 @@ class Checkpointer:
     return f'moved to {target}'
 
   def delete_all(self) -> None:
-    """Removes every checkpoint of the run, in either format, the best one included."""
+    """Removes every checkpoint of the run, in either format, the best one and the
+    damaged ones included."""
     self.close()
-    if os.path.isdir(self.directory):
-      shutil.rmtree(self.directory)
+    for directory in (self.directory, os.path.join(self.run_dir, DAMAGED_DIR)):
+      if os.path.isdir(directory):
+        shutil.rmtree(directory)
     for _, path in checkpoint_lib.epoch_checkpoints(self.run_dir):
       os.remove(path)
     best = checkpoint_lib.best_checkpoint_path(self.run_dir)
@@ -291,6 +300,13 @@ class Checkpointer:
     if self._manager is not None:
       self._manager.close()
       self._manager = None
+
+
+def _alone():
+  """Orbax's options for this process by itself (see the module docstring)."""
+  import orbax.checkpoint as ocp
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def _first_line(error: BaseException) -> str:

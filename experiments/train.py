@@ -611,6 +611,10 @@ def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData,
       log(f'no checkpoint in {config.run_dir}: starting a new run')
     if latest and overwrite and jax.process_index() == 0:
       checkpointer.delete_all()
+      # The old run's TensorBoard curves would run on into the new run's.
+      for name in os.listdir(config.run_dir):
+        if name.startswith(summaries.EVENT_FILE_PREFIX):
+          os.remove(os.path.join(config.run_dir, name))
     return _fresh_start(config, plan), [], 0, None
   template = jax.eval_shape(lambda: training.init_train_state(
       plan.model_config, plan.optimizer, jax.random.PRNGKey(0)).opt_state)
@@ -894,7 +898,10 @@ def save_within_epoch(run: Run, train_state: training.TrainState, epoch: int,
         f'training stopped: non-finite parameters in epoch {epoch + 1} after step '
         f'{len(tracker.preds)} (global step {int(host.step)}). Nothing since the last '
         'checkpoint was saved; ' + _last_good(run.config.run_dir))
-  preds, targets = tracker.gathered()  # A collective: every process saves.
+  preds, targets = tracker.gathered()  # A collective: every process takes part.
+  run.save_clock.reset()
+  if not run.is_writer:
+    return
   progress = checkpointer_lib.EpochProgress(
       steps=len(tracker.preds), predictions=preds, targets=targets,
       seconds=tracker.seconds())
@@ -903,7 +910,6 @@ def save_within_epoch(run: Run, train_state: training.TrainState, epoch: int,
       model_config=run.plan.model_config, opt_state=host.opt_state, rng=host.rng,
       epoch=epoch, step=int(host.step), metrics=run.history,
       extra=_checkpoint_extra(run, _best_of(run.history)[0]))
-  run.save_clock.reset()
 
 
 def eval_variables(run: Run, train_state: training.TrainState, epoch: int):
@@ -1020,8 +1026,11 @@ def _checkpoint_extra(run: Run, best_epoch: int) -> Dict[str, Any]:
 
 def save_epoch(run: Run, host: training.TrainState, evaluated, history, is_best: bool,
                best_epoch: int) -> None:
-  """Saves the epoch's checkpoint (every process takes part; process 0 writes), and on
-  process 0 the best one, the metrics, the plot and the epoch's TensorBoard scalars."""
+  """Writes the epoch's checkpoint, the best one, the metrics, the plot and the epoch's
+  TensorBoard scalars (process 0)."""
+  run.save_clock.reset()
+  if not run.is_writer:
+    return
   config, number = run.config, history[-1]['epoch']
   params, state = evaluated
   fields = dict(
@@ -1032,12 +1041,9 @@ def save_epoch(run: Run, host: training.TrainState, evaluated, history, is_best:
       train_params=None if params is None else host.params,
       train_state=None if state is None else host.state)
   # Ctrl-C waits for these files: it is checked between steps (`_ctrl_c_between_steps`).
-  if is_best and run.is_writer:
+  if is_best:
     run.checkpointer.export_best(**fields)
   run.checkpointer.save(**fields)
-  run.save_clock.reset()
-  if not run.is_writer:
-    return
   title = (f'{os.path.basename(os.path.normpath(config.run_dir))}: '
            f'{len(run.data.train_rows):,} train rows, batch {config.batch_size}')
   write_metrics_file(config.run_dir, history)
@@ -1383,11 +1389,30 @@ def _exit_interrupted(line: str) -> None:
   os._exit(130)
 
 
+def _quiet_abandoned_reads() -> None:
+  """Silences what orbax's reads of a damaged checkpoint leave behind.
+
+  Its first error ends the read and closes its event loop; tensorstore's other reads
+  finish later and asyncio reports each (a traceback at exit). The warning line
+  already names the checkpoint and why it was skipped.
+  """
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+  report = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      report(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # absl shows INFO records; jax's probing of absent backends is not news.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  _quiet_abandoned_reads()
   # Before anything touches JAX: join the other processes, if any.
   try:
     distributed.initialize(distributed_config_from_flags())

@@ -357,3 +357,15 @@ def test_old_npz_epoch_checkpoints_still_resume(tmp_path):
   saver = checkpointer_lib.Checkpointer(tmp_path)
   assert saver.latest() == checkpoint.epoch_checkpoint_path(tmp_path, 2)
   assert saver.restore_latest().checkpoint.epoch == 2
+
+
+def test_delete_all_removes_every_checkpoint_whatever_its_format(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  saver.save(**_fields(step=10)[1])
+  saver.export_best(**_fields(step=10)[1])
+  _save(checkpoint.epoch_checkpoint_path(tmp_path, 1), epoch=1)
+  (tmp_path / 'damaged_checkpoints' / '20.1').mkdir(parents=True)
+  (tmp_path / 'metrics.jsonl').write_text('{}\n')
+  saver.delete_all()
+  assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl']
+  assert saver.latest() is None

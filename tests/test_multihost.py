@@ -22,7 +22,7 @@ from absl import flags
 import numpy as np
 import pytest
 
-from enformer_small import checkpoint
+from enformer_small import checkpointer
 from enformer_small import distributed
 from enformer_small import dream_data
 from experiments import train as train_lib
@@ -189,7 +189,9 @@ def runs(tmp_path_factory):
 
 
 def _final(run_dir):
-  return checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(run_dir, 1))
+  restored = checkpointer.Checkpointer(run_dir).restore_latest()
+  assert restored.checkpoint.epoch == 1
+  return restored.checkpoint
 
 
 def _leaves(tree):
@@ -235,8 +237,13 @@ def test_only_process_0_writes(runs):
   directory holds what a single-process run writes."""
   tmp = runs['tmp']
   assert not (tmp / 'two_process1').exists()
-  assert sorted(p.name for p in (tmp / 'two').iterdir()) == sorted(
-      p.name for p in (tmp / 'one').iterdir())
+
+  def kinds(run_dir):  # TensorBoard's event files are named by time, host and pid.
+    return sorted(re.sub(r'^events\.out\.tfevents\..*', 'events.out.tfevents.*', p.name)
+                  for p in run_dir.iterdir())
+  assert kinds(tmp / 'two') == kinds(tmp / 'one')
+  assert 'events.out.tfevents.*' in kinds(tmp / 'two')
+  assert sorted(os.listdir(tmp / 'two' / 'checkpoints')) == ['11']
   # Log lines come from process 0 only.
   assert 'epoch 1/1' in runs['outputs'][1] and 'epoch 1/1' not in runs['outputs'][2]
 
@@ -327,8 +334,9 @@ def test_every_process_resumes_from_the_same_checkpoint(runs):
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out
   assert 'resuming from' in outputs[1]
-  one, two = (checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(tmp / n, 2))
+  one, two = (checkpointer.Checkpointer(tmp / n).restore_latest().checkpoint
               for n in ('one', 'two'))
+  assert one.epoch == two.epoch == 2
   assert one.step == two.step == 22
   assert _max_difference(one.params, two.params) < 1e-5
   assert _max_difference(one.state, two.state) < 1e-5

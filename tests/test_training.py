@@ -329,6 +329,18 @@ def test_existing_run_directory_is_not_overwritten_without_asking(runs):
     train_lib.train(_tiny_config(runs['tmp'], 'whole'), verbose=False)
 
 
+def test_overwrite_starts_afresh_without_the_old_checkpoints_and_curves(runs, tmp_path):
+  run_dir = tmp_path / 'again'
+  shutil.copytree(runs['whole'].run_dir, run_dir)
+  result = train_lib.train(_tiny_config(tmp_path, 'again', num_epochs=1),
+                           overwrite=True, verbose=False)
+  assert checkpointer.Checkpointer(run_dir).steps() == [15]
+  assert len([p for p in os.listdir(run_dir) if p.startswith('events.out')]) == 1
+  assert [s for s, _ in summaries.read_scalars(run_dir)['holdout/pearson']] == [15]
+  assert (_without_timings(result.history) ==
+          _without_timings(runs['first'].history))
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(runs):
   """NaN targets in epoch 2 (global step 17 = epoch 2, step 3): stop, save nothing."""
   tmp = runs['tmp']
