@@ -157,9 +157,8 @@ class Checkpointer:
   def steps(self) -> List[int]:
     """Global steps of the saves in `checkpoints/`, oldest first.
 
-    Read from the directory names, not through orbax's manager, whose making is
-    coordinated across processes: processes may look before they agree on where to
-    start. Orbax names a step's directory only once the save is complete.
+    Read from the directory names: looking needs no orbax manager (which makes the
+    directory). Orbax names a step's directory only once its save is complete.
     """
     if not os.path.isdir(self.directory):
       return []
