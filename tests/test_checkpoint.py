@@ -369,3 +369,40 @@ def test_delete_all_removes_every_checkpoint_whatever_its_format(tmp_path):
   saver.delete_all()
   assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl']
   assert saver.latest() is None
+
+
+def test_orbax_alone_reads_a_flipped_byte_as_wrong_numbers_the_crc_catches_it(tmp_path):
+  """Why the metadata holds a CRC-32 of every array: tensorstore checksums its b-tree
+  nodes, but a large array's data chunks are read back without a check. Flipped bytes
+  there come back from orbax as wrong numbers and no error; the checkpointer notices
+  and falls back to the older save."""
+  import orbax.checkpoint as ocp
+  big = {'enformer/~/trunk/~/conv': {
+      'w': np.random.RandomState(0).randn(1_000_000).astype(np.float32)}}
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=3)
+  fields = dict(_fields()[1], params=big, train_params=None, opt_state=None)
+  saver.save(**dict(fields, step=10, epoch=1))
+  saver.save(**dict(fields, step=20, epoch=2))
+  saver.close()
+  newest = tmp_path / 'checkpoints' / '20'
+  victim = max((p for p in (newest / 'arrays').rglob('*') if p.is_file()),
+               key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  victim.write_bytes(bytes(data))
+
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+    plain = reader.restore(newest, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore()))['arrays']['params']['0']
+  assert plain.shape == (1_000_000,)
+  assert not np.array_equal(plain, big['enformer/~/trunk/~/conv']['w'])
+
+  warnings = []
+  restored = checkpointer_lib.Checkpointer(tmp_path).restore_latest(
+      on_damaged=warnings.append)
+  assert restored.checkpoint.step == 10
+  assert len(warnings) == 1 and 'CRC-32 mismatch in params/0' in warnings[0]
+  np.testing.assert_array_equal(
+      restored.checkpoint.params['enformer/~/trunk/~/conv']['w'],
+      big['enformer/~/trunk/~/conv']['w'])
