@@ -20,11 +20,12 @@ Nothing is pickled: orbax writes arrays through tensorstore and the metadata as 
 
 Orbax commits a save by renaming its temporary directory, so a killed write leaves no
 step directory behind, only a temporary one, which `remove_temporaries` deletes (with the
-`.npz` writer's `.<name>.*.tmp` files). Orbax does not notice every damaged file (a
-flipped byte in a data file reads back as a wrong number), so the metadata carries a
-CRC-32 of every array, checked on restore; `restore_latest` skips a damaged or unreadable
-checkpoint, saying which and why, moves it aside into `damaged_checkpoints/` and goes on
-with the next older one.
+`.npz` writer's `.<name>.*.tmp` files). Orbax does not notice every damaged file:
+tensorstore checksums its b-tree nodes but not the chunks of large arrays, where a
+flipped byte reads back as wrong numbers without an error (a test shows it). So the
+metadata carries a CRC-32 of every array, checked on restore. `restore_latest` skips a
+damaged or unreadable checkpoint, saying which and why, moves it aside into
+`damaged_checkpoints/` and goes on with the next older one.
 
 In a multi-host job only process 0 calls `save` (the arrays are host copies, the same
 on every process), and orbax runs on each process as if it were alone: no barrier waits

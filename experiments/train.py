@@ -905,11 +905,13 @@ def save_within_epoch(run: Run, train_state: training.TrainState, epoch: int,
   progress = checkpointer_lib.EpochProgress(
       steps=len(tracker.preds), predictions=preds, targets=targets,
       seconds=tracker.seconds())
-  run.checkpointer.save(
+  path = run.checkpointer.save(
       progress=progress, params=host.params, state=host.state,
       model_config=run.plan.model_config, opt_state=host.opt_state, rng=host.rng,
       epoch=epoch, step=int(host.step), metrics=run.history,
       extra=_checkpoint_extra(run, _best_of(run.history)[0]))
+  run.log(f'saved {path} (step {progress.steps} of {run.plan.steps_per_epoch} of epoch '
+          f'{epoch + 1})')
 
 
 def eval_variables(run: Run, train_state: training.TrainState, epoch: int):

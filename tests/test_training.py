@@ -222,8 +222,8 @@ def test_saves_within_an_epoch_hold_the_position_and_predictions(stopped_within_
   assert [m['epoch'] for m in restored.checkpoint.metrics] == [1]
 
 
-def test_resume_within_an_epoch_equals_the_uninterrupted_run(runs, stopped_within_an_epoch,
-                                                             tmp_path):
+def test_resume_within_an_epoch_equals_the_uninterrupted_run(
+    runs, stopped_within_an_epoch, tmp_path):
   """--resume continues at step 5 of epoch 2: the final state, the history and
   metrics.jsonl (but for timings) equal the uninterrupted run's, bit for bit."""
   run_dir = tmp_path / 'resumed_within'
