@@ -356,3 +356,44 @@ def test_training_job_ends_when_one_process_cannot_start(tmp_path, runs):
   assert f'[process 1 of 2] error: training file {missing} not found' in outputs[1]
   assert 'another task died' in outputs[0]
   assert seconds < 180
+
+
+def _without_timings(record):
+  return {k: v for k, v in record.items() if 'second' not in k and 'per_s' not in k}
+
+
+@pytest.mark.slow
+def test_two_processes_save_within_the_epoch_and_resume_from_it(runs):
+  """2 processes saving after every step, stopped by NaN targets at step 8 of 11 after
+  the save of step 7 (process 0's clock decides for both; only process 0 writes);
+  resumed by 2 processes, the epoch ends as the uninterrupted 2-process run's, bit for
+  bit (parameters, BatchNorm state, optimizer state, rng, metrics)."""
+  tmp = runs['tmp']
+  run_dirs = (tmp / 'within', tmp / 'within_process1')
+  outputs = _wait(_start_two_processes(tmp, run_dirs, '--save_every_minutes=1e-9',
+                                       '--debug_nan_at_step=7'), timeout=600)
+  for out in outputs:
+    assert 'the loss became nan in epoch 1, step 8 of 11' in out, out
+  assert checkpointer.Checkpointer(run_dirs[0]).steps() == [5, 6, 7]
+  assert not run_dirs[1].exists()
+
+  # Resuming, every process reads the run directory (a shared file system).
+  procs = _start_two_processes(tmp, (run_dirs[0], run_dirs[0]), '--resume')
+  outputs = _wait(procs, timeout=600)
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out
+  assert 'resuming from' in outputs[0] and 'step 7 (7 of the 11 steps' in outputs[0]
+  saved = checkpointer.Checkpointer(run_dirs[0]).restore_latest().checkpoint
+  straight = checkpointer.Checkpointer(tmp / 'two').read(
+      str(tmp / 'two' / 'checkpoints' / '11')).checkpoint
+  assert saved.step == straight.step == 11
+  for name in ('params', 'state', 'train_params', 'train_state'):
+    a, b = _leaves(getattr(saved, name) or {}), _leaves(getattr(straight, name) or {})
+    assert a.keys() == b.keys(), name
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f'{name} {key}')
+  for a, b in zip(saved.opt_state, straight.opt_state):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(saved.rng, straight.rng)
+  assert ([_without_timings(r) for r in saved.metrics] ==
+          [_without_timings(straight.metrics[0])])
