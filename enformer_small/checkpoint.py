@@ -54,6 +54,14 @@ class CheckpointError(Exception):
   """A checkpoint that cannot be read or written; the message names the file."""
 
 
+class OptimizerMismatchError(CheckpointError):
+  """A whole checkpoint whose optimizer state is not the given optimizer's."""
+
+  def __init__(self, path: str, message: str):
+    super().__init__(f'{path}: {message}')
+    self.path = path
+
+
 def default_crop_start(input_length: int,
                        encoded_length: int = SEQUENCE_LENGTH) -> int:
   """Where a model of `input_length` reads the 110 bp encoding when nothing says.
@@ -179,8 +187,8 @@ def _restore_opt_state(path: str, leaves: Sequence[np.ndarray], names: Sequence[
   if template_names != list(names):
     missing = sorted(set(template_names) - set(names))
     unexpected = sorted(set(names) - set(template_names))
-    raise CheckpointError(
-        f'{path}: optimizer state does not match the optimizer: missing '
+    raise OptimizerMismatchError(
+        path, f'optimizer state does not match the optimizer: missing '
         f'{missing[:5]}, unexpected {unexpected[:5]} (was it written with another '
         'optimizer?)')
   restored = []
@@ -188,8 +196,8 @@ def _restore_opt_state(path: str, leaves: Sequence[np.ndarray], names: Sequence[
     # `like` may be an array or a jax.ShapeDtypeStruct (from jax.eval_shape).
     shape, dtype = tuple(np.shape(like)), np.dtype(like.dtype)
     if saved.shape != shape:
-      raise CheckpointError(f'{path}: optimizer state {name} has shape {saved.shape}, '
-                            f'the optimizer expects {shape}')
+      raise OptimizerMismatchError(path, f'optimizer state {name} has shape '
+                                   f'{saved.shape}, the optimizer expects {shape}')
     restored.append(saved.astype(dtype, copy=False))
   return jax.tree_util.tree_unflatten(treedef, restored)
 
@@ -255,27 +263,16 @@ def atomic_write(path: str, write) -> None:
   _fsync_directory(directory)
 
 
-def save_checkpoint(path: str, *, params: Any, state: Any, model_config: EnformerConfig,
+def pack_checkpoint(*, params: Any, state: Any, model_config: EnformerConfig,
                     opt_state: Any = None, rng: Any = None, epoch: int = 0,
                     step: int = 0, metrics: Sequence[Mapping[str, Any]] = (),
                     extra: Optional[Mapping[str, Any]] = None,
-                    train_params: Any = None, train_state: Any = None) -> str:
-  """Writes a checkpoint atomically; returns `path`.
+                    train_params: Any = None, train_state: Any = None,
+                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """The numbered host arrays and the JSON metadata of a checkpoint (see `FORMAT`).
 
-  Args:
-    path: destination file (`.npz`); its directory is created if needed.
-    params, state: Haiku params and state ({module: {name: array}}), unreplicated,
-      numpy or jax arrays.
-    model_config: the EnformerConfig of the model.
-    opt_state: optax state (any pytree of arrays), or None.
-    rng: a jax PRNG key (raw uint32 or typed), or None.
-    epoch, step: completed epochs and train steps.
-    metrics: per-epoch metric dicts (JSON-serialisable).
-    extra: JSON-serialisable extras (training flags, crop_start, ...).
-    train_params, train_state: what training continues from when it is not
-      `params` / `state` (see `Checkpoint`), or None.
-  Raises:
-    CheckpointError: metadata that is not JSON-serialisable, or the write failed.
+  Both writers (this module's `.npz` and `checkpointer`'s orbax directories) store
+  exactly these, so both read back through `unpack_checkpoint`.
   """
   arrays, param_names = _flatten_haiku(_to_host(params), 'params')
   state_arrays, state_names = _flatten_haiku(_to_host(state), 'state')
@@ -299,10 +296,39 @@ def save_checkpoint(path: str, *, params: Any, state: Any, model_config: Enforme
       metrics=list(metrics), extra=dict(extra or {}),
       names=dict(params=param_names, state=state_names, opt_state=opt_names,
                  **resume_names))
+  return arrays, metadata
+
+
+def metadata_json(path: str, metadata: Mapping[str, Any]) -> str:
+  """`metadata` as JSON text (NaN allowed); CheckpointError naming `path` if it is not
+  JSON-serialisable."""
   try:
-    text = json.dumps(metadata, allow_nan=True)
+    return json.dumps(metadata, allow_nan=True)
   except (TypeError, ValueError) as e:
     raise CheckpointError(f'{path}: metadata is not JSON-serialisable: {e}') from e
+
+
+def save_checkpoint(path: str, **fields: Any) -> str:
+  """Writes a checkpoint to one `.npz` file atomically; returns `path`.
+
+  Args:
+    path: destination file (`.npz`); its directory is created if needed.
+    **fields: those of `pack_checkpoint`:
+      params, state: Haiku params and state ({module: {name: array}}), unreplicated,
+        numpy or jax arrays.
+      model_config: the EnformerConfig of the model.
+      opt_state: optax state (any pytree of arrays), or None.
+      rng: a jax PRNG key (raw uint32 or typed), or None.
+      epoch, step: completed epochs and train steps.
+      metrics: per-epoch metric dicts (JSON-serialisable).
+      extra: JSON-serialisable extras (training flags, crop_start, ...).
+      train_params, train_state: what training continues from when it is not
+        `params` / `state` (see `Checkpoint`), or None.
+  Raises:
+    CheckpointError: metadata that is not JSON-serialisable, or the write failed.
+  """
+  arrays, metadata = pack_checkpoint(**fields)
+  text = metadata_json(path, metadata)
   arrays[METADATA_KEY] = np.frombuffer(text.encode('utf-8'), np.uint8)
   try:
     atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -350,6 +376,16 @@ def load_checkpoint(path: str, opt_state_template: Any = None) -> Checkpoint:
     metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode('utf-8'))
   except (UnicodeDecodeError, ValueError) as e:
     raise CheckpointError(f'{path}: unreadable metadata: {e}') from e
+  return unpack_checkpoint(path, arrays, metadata, opt_state_template)
+
+
+def unpack_checkpoint(path: str, arrays: Dict[str, np.ndarray], metadata: Any,
+                      opt_state_template: Any = None) -> Checkpoint:
+  """The Checkpoint of `pack_checkpoint`'s arrays and metadata, read from `path`.
+
+  Raises:
+    CheckpointError: metadata of another format, missing or inconsistent arrays.
+  """
   if not isinstance(metadata, dict) or metadata.get('format') != FORMAT:
     found = metadata.get('format') if isinstance(metadata, dict) else None
     raise CheckpointError(f'{path}: checkpoint format {found!r}, expected {FORMAT!r}')

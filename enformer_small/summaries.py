@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Mapping, Tuple
 
+EVENT_FILE_PREFIX = 'events.out.tfevents.'
+
 
 def flatten_scalars(record: Mapping[str, Any], prefix: str = '') -> Dict[str, float]:
   """Nested numbers as 'outer/inner' tags: {'holdout': {'pearson': .5}} ->

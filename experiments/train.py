@@ -26,10 +26,18 @@ A run directory (--run_dir) receives, from process 0 only:
   metrics.jsonl              one JSON object per epoch: train and held-out loss, MSE, MAE,
                              Pearson, Spearman, learning rate, seq/s, seconds
   pearson.png                train and held-out Pearson per epoch (the seed's Figure 2)
-  checkpoint_epoch_NNNN.npz  the last --keep_checkpoints epochs (see checkpoint.py)
-  checkpoint_best.npz        the epoch with the best held-out Pearson so far
+  events.out.tfevents.*      TensorBoard (`tensorboard --logdir RUN_DIR`): every
+                             per-epoch metric above ('holdout/pearson', ...) at the
+                             epoch's last global step, and the step loss, learning rate
+                             and seq/s ('step/...') every --tensorboard_every_steps steps
+  checkpoints/<step>/        orbax saves under their global step: at the end of every
+                             epoch and every --save_every_minutes within one; the last
+                             --keep_checkpoints of them (see checkpointer.py)
+  checkpoint_best.npz        the epoch with the best held-out Pearson so far, one
+                             pickle-free file (what predict and the others read)
   train_config.json          the flags of the run, with what they resolved to (the file
                              actually read, the window, the model, steps per epoch)
+  damaged_checkpoints/       saves --resume found damaged and skipped (with a warning)
 
 Checkpoints hold what is evaluated (with --ema_decay the parameter average, with
 --bn_recalibration_batches the re-estimated BatchNorm averages), what training goes on
@@ -43,12 +51,16 @@ final parameters would score in eval mode. Held-out metrics are eval mode, shift
 
 Reproducibility: parameters start from --seed; the data order, shifts and flips of
 epoch e depend only on (--seed, e); the learning rate depends only on the step. A run
-resumed from the checkpoint of epoch k (--resume) repeats exactly what the uninterrupted
-run computes from epoch k + 1 on; work since the last checkpoint (a partial epoch) is
-done again. A NaN or inf loss stops the run (exit status 1) before anything of its epoch
-is written, naming the epoch and step; earlier checkpoints stay as they are. Ctrl-C
-stops it (exit status 130) with one line naming the last checkpoint; files are written
-whole or not at all.
+resumed (--resume) from its newest checkpoint, at an epoch's end or within one, repeats
+bit for bit what the uninterrupted run computes from the next step on, the resumed
+epoch's metrics included (a save within an epoch holds its training predictions so
+far); only the steps since that checkpoint are done again. A damaged or unreadable
+newest checkpoint is skipped with a warning naming it and why, for the newest whole one.
+A NaN or inf loss stops the run (exit status 1) before anything after the last
+checkpoint is written, naming the epoch and step; earlier checkpoints stay as they are.
+Ctrl-C stops it (exit status 130) with one line naming the last checkpoint; files are
+written whole or not at all, and what a killed write leaves is removed on the next
+start.
 
 Multi-host (launch/README.md): one process per host on JAX's runtime, found from SLURM or
 TPU pod environments or given by --coordinator_address, --num_processes, --process_id.
@@ -82,6 +94,7 @@ import numpy as np
 from experiments import _runtime
 
 from enformer_small import checkpoint as checkpoint_lib
+from enformer_small import checkpointer as checkpointer_lib
 from enformer_small import config as config_lib
 from enformer_small import distributed
 from enformer_small import dream_data
@@ -89,6 +102,7 @@ from enformer_small import metrics as metrics_lib
 from enformer_small import model as model_lib
 from enformer_small import plasmid
 from enformer_small import recipe as recipe_lib
+from enformer_small import summaries
 from enformer_small import training
 
 FLAGS = flags.FLAGS
@@ -587,48 +601,63 @@ def make_plan(config: TrainConfig, num_train_rows: int) -> Plan:
               steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
 
-def _delete_checkpoints(run_dir: str) -> None:
-  for _, old in checkpoint_lib.epoch_checkpoints(run_dir):
-    os.remove(old)
-  best_path = checkpoint_lib.best_checkpoint_path(run_dir)
-  if os.path.exists(best_path):
-    os.remove(best_path)
-
-
-def _load_for_resume(path: str, config: TrainConfig, template: Any):
-  """The checkpoint with its optimizer state, after checking the flags match."""
+def _load_for_resume(checkpointer: checkpointer_lib.Checkpointer, config: TrainConfig,
+                     template: Any, warn: Callable[[str], None]
+                     ) -> Optional[checkpointer_lib.Restored]:
+  """The newest whole checkpoint with its optimizer state, after checking the flags
+  match; damaged ones are skipped with a warning."""
   try:
-    ckpt = checkpoint_lib.load_checkpoint(path, opt_state_template=template)
-  except checkpoint_lib.CheckpointError:
+    restored = checkpointer.restore_latest(
+        template, on_damaged=lambda why: warn(f'skipping a damaged checkpoint: {why}'))
+  except checkpoint_lib.OptimizerMismatchError as e:
     # Another recipe makes another optimizer state: name the flags, not the leaves.
-    saved = checkpoint_lib.load_checkpoint(path).extra.get('train_config', {})
-    _check_resume_config(saved, config, path)
+    saved = checkpointer.read(e.path).checkpoint.extra.get('train_config', {})
+    _check_resume_config(saved, config, e.path)
     raise
-  _check_resume_config(ckpt.extra.get('train_config', {}), config, path)
-  return ckpt
+  if restored is not None:
+    ckpt = restored.checkpoint
+    _check_resume_config(ckpt.extra.get('train_config', {}), config, ckpt.path)
+  return restored
 
 
-def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData, *, resume: bool,
-                    overwrite: bool, log: Callable[[str], None]
-                    ) -> Tuple[training.TrainState, List[Dict[str, Any]], int]:
-  """The host TrainState to go on from, the history so far and the epochs done."""
-  latest = checkpoint_lib.latest_checkpoint(config.run_dir)
+def _fresh_start(config: TrainConfig, plan: Plan) -> training.TrainState:
+  return jax.device_get(training.init_train_state(
+      plan.model_config, plan.optimizer, jax.random.PRNGKey(config.seed)))
+
+
+def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData,
+                    checkpointer: checkpointer_lib.Checkpointer, *, resume: bool,
+                    overwrite: bool, log: Callable[[str], None],
+                    warn: Callable[[str], None]):
+  """Where the run starts: (host TrainState, the history so far, the epochs done, how
+  far the next epoch had got: an EpochProgress, or None to start it afresh)."""
+  if jax.process_index() == 0:
+    for path in checkpointer_lib.remove_temporaries(config.run_dir):
+      log(f'removed {path}, left by a write that was killed')
+  latest = checkpointer.latest()
   if not (resume and latest):
     if resume:
       log(f'no checkpoint in {config.run_dir}: starting a new run')
     if latest and overwrite and jax.process_index() == 0:
-      _delete_checkpoints(config.run_dir)
-    host_state = jax.device_get(training.init_train_state(
-        plan.model_config, plan.optimizer, jax.random.PRNGKey(config.seed)))
-    return host_state, [], 0
+      checkpointer.delete_all()
+      # The old run's TensorBoard curves would run on into the new run's.
+      for name in os.listdir(config.run_dir):
+        if name.startswith(summaries.EVENT_FILE_PREFIX):
+          os.remove(os.path.join(config.run_dir, name))
+    return _fresh_start(config, plan), [], 0, None
   template = jax.eval_shape(lambda: training.init_train_state(
       plan.model_config, plan.optimizer, jax.random.PRNGKey(0)).opt_state)
-  ckpt = _load_for_resume(latest, config, template)
+  restored = _load_for_resume(checkpointer, config, template, warn)
+  if restored is None:
+    raise TrainingError(
+        f'cannot resume: no checkpoint in {config.run_dir} reads back whole (see the '
+        'warnings above). Start afresh with --overwrite, or choose another --run_dir.')
+  ckpt = restored.checkpoint
   saved_data, data_id = ckpt.extra.get('data', {}), run_data.data_id
   if (saved_data.get('content_hash') and data_id['content_hash'] and
       saved_data['content_hash'] != data_id['content_hash']):
     raise TrainingError(
-        f'cannot resume from {latest}: it was trained on another file '
+        f'cannot resume from {ckpt.path}: it was trained on another file '
         f'({saved_data.get("source")}, {saved_data.get("num_rows")} rows) than '
         f'{run_data.path}')
   host_state = training.TrainState(
@@ -636,8 +665,10 @@ def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData, *, resum
       state=ckpt.state if ckpt.train_state is None else ckpt.train_state,
       opt_state=ckpt.opt_state, rng=np.asarray(ckpt.rng),
       step=np.asarray(ckpt.step, np.int32))
-  log(f'resuming from {latest}: epoch {ckpt.epoch}, step {ckpt.step}')
-  return host_state, [dict(r) for r in ckpt.metrics], ckpt.epoch
+  within = (f' ({restored.progress.steps} of the {plan.steps_per_epoch} steps of epoch '
+            f'{ckpt.epoch + 1} done)' if restored.progress else '')
+  log(f'resuming from {ckpt.path}: epoch {ckpt.epoch}, step {ckpt.step}{within}')
+  return host_state, [dict(r) for r in ckpt.metrics], ckpt.epoch, restored.progress
 
 
 def describe_model(config: TrainConfig, model_config, num_params: int) -> str:
@@ -718,42 +749,96 @@ class Position:
       raise KeyboardInterrupt
 
 
+class SaveClock:
+  """When to save within an epoch: every `minutes` (<= 0: never), by process 0's clock.
+
+  Every process takes part in a save (orbax's barriers, the gathered predictions), so
+  with several they all follow process 0's decision, broadcast at each step.
+  """
+
+  def __init__(self, minutes: float = 0.0):
+    self.seconds = minutes * 60
+    self.reset()
+
+  def reset(self) -> None:
+    self.last = time.monotonic()
+
+  def due(self) -> bool:
+    if self.seconds <= 0:
+      return False
+    due = time.monotonic() - self.last >= self.seconds
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
+
+
 @dataclasses.dataclass
 class Run:
-  """What every per-epoch function needs."""
+  """What every per-epoch function needs.
+
+  history: the records of the completed epochs (the list `_train` appends to).
+  tensorboard: process 0's event file writer, else None.
+  """
   config: TrainConfig
   data: RunData
   plan: Plan
   steps: Steps
   log: Callable[[str], None]
   is_writer: bool
+  checkpointer: checkpointer_lib.Checkpointer
+  history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+  save_clock: SaveClock = dataclasses.field(default_factory=SaveClock)
+  tensorboard: Optional[summaries.ScalarWriter] = None
+  tensorboard_every_steps: int = 0
   progress: bool = False
   log_every_steps: int = 0
   where: Position = dataclasses.field(default_factory=Position)
 
 
-def _epoch_batches(run: Run, epoch: int) -> Iterator[Dict[str, np.ndarray]]:
+def _epoch_batches(run: Run, epoch: int, start_step: int = 0
+                   ) -> Iterator[Dict[str, np.ndarray]]:
   from enformer_small import dataset
   return dataset.train_batches(
       run.data.rows, run.data.train_rows, global_batch_size=run.config.batch_size,
       local_device_count=jax.local_device_count(), process_index=jax.process_index(),
       process_count=jax.process_count(), config=run.plan.pipeline, seed=run.config.seed,
-      epoch=epoch)
+      epoch=epoch, start_step=start_step)
+
+
+def _local_steps(gathered: np.ndarray, steps: int) -> List[np.ndarray]:
+  """This process's part of each step of `_gather_batches`' result, per step."""
+  return list(gathered.reshape(steps, jax.process_count(), -1)[:, jax.process_index()])
 
 
 class _StepTracker:
   """Takes each step's metrics: stops on a non-finite loss, keeps the predictions,
   moves the progress bar or, off a terminal, logs a line every --log_every_steps."""
 
-  def __init__(self, run: Run, epoch: int):
+  def __init__(self, run: Run, epoch: int,
+               resumed: Optional[checkpointer_lib.EpochProgress] = None):
     self.run, self.epoch = run, epoch
     self.preds: List[np.ndarray] = []
     self.targets: List[np.ndarray] = []
+    self.seconds_before = 0.0
+    if resumed is not None:  # The steps done before the epoch was saved.
+      self.preds = _local_steps(resumed.predictions, resumed.steps)
+      self.targets = _local_steps(resumed.targets, resumed.steps)
+      self.seconds_before = resumed.seconds
+    self.first = len(self.preds)
     self.started = time.perf_counter()
+    self.mark = (self.started, run.where.step)  # TensorBoard's seq/s: since the last
     config = run.config
+    self.schedule = recipe_lib.learning_rate_schedule(config.recipe, run.plan.total_steps)
     self.bar = _progress_bar(run.progress and run.is_writer,
                              run.plan.steps_per_epoch * config.batch_size,
                              f'epoch {epoch + 1}/{config.num_epochs}')
+    if self.bar is not None:
+      self.bar.update(self.first * config.batch_size)
+
+  def seconds(self) -> float:
+    """Training time of the epoch so far, before a resume included."""
+    return self.seconds_before + time.perf_counter() - self.started
 
   def add(self, metrics: Any, step_in_epoch: int) -> None:
     run, config, steps = self.run, self.run.config, self.run.plan.steps_per_epoch
@@ -763,8 +848,8 @@ class _StepTracker:
     if not math.isfinite(loss):
       raise NonFiniteError(
           f'training stopped: the loss became {loss} in epoch {self.epoch + 1}, step '
-          f'{done} of {steps} (global step {self.epoch * steps + done}). Nothing of '
-          f'this epoch was saved; ' + _last_good(config.run_dir))
+          f'{done} of {steps} (global step {self.epoch * steps + done}). Nothing since '
+          f'the last checkpoint was saved; ' + _last_good(config.run_dir))
     run.where.step = self.epoch * steps + done
     self.preds.append(np.asarray(metrics['predictions']).reshape(-1))
     self.targets.append(np.asarray(metrics['targets']).reshape(-1))
@@ -772,9 +857,22 @@ class _StepTracker:
       self.bar.update(config.batch_size)
       self.bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
     elif run.log_every_steps > 0 and done % run.log_every_steps == 0:
-      rate = done * config.batch_size / (time.perf_counter() - self.started)
+      rate = ((done - self.first) * config.batch_size /
+              (time.perf_counter() - self.started))
       run.log(f'epoch {self.epoch + 1}/{config.num_epochs} step {done}/{steps} (global '
               f'{run.where.step}): {config.loss} loss {loss:.4f}, {rate:.0f} seq/s')
+    every = run.tensorboard_every_steps
+    if run.tensorboard is not None and every > 0 and run.where.step % every == 0:
+      self._summarise(loss)
+
+  def _summarise(self, loss: float) -> None:
+    """TensorBoard: the step's loss, learning rate, and seq/s since the last values."""
+    now, step = time.perf_counter(), self.run.where.step
+    (then, before), self.mark = self.mark, (now, step)
+    self.run.tensorboard.scalars(step, {
+        'step/loss': loss,
+        'step/learning_rate': float(self.schedule(max(step - 1, 0))),
+        'step/seq_per_s': (step - before) * self.run.config.batch_size / (now - then)})
 
   def close(self) -> None:
     if self.bar is not None:
@@ -784,32 +882,65 @@ class _StepTracker:
     return (_gather_batches(np.stack(self.preds)), _gather_batches(np.stack(self.targets)))
 
 
-def train_epoch(run: Run, train_state: training.TrainState, epoch: int):
-  """Trains epoch `epoch` (0-based).
+def train_epoch(run: Run, train_state: training.TrainState, epoch: int,
+                resumed: Optional[checkpointer_lib.EpochProgress] = None):
+  """Trains epoch `epoch` (0-based), from where `resumed` left it if given; saves
+  within it when `run.save_clock` says so.
 
   Returns:
     (train_state, training-mode predictions [n], their targets [n], seconds).
   """
   steps, nan_step = run.plan.steps_per_epoch, run.config.debug_nan_at_step
-  batches = _epoch_batches(run, epoch)
-  if epoch * steps <= nan_step < (epoch + 1) * steps:
-    batches = _with_nan_targets(batches, nan_step - epoch * steps)
-  tracker = _StepTracker(run, epoch)
-  started, pending = time.perf_counter(), None
+  first = resumed.steps if resumed else 0
+  batches = _epoch_batches(run, epoch, first)
+  if epoch * steps + first <= nan_step < (epoch + 1) * steps:
+    batches = _with_nan_targets(batches, nan_step - epoch * steps - first)
+  tracker = _StepTracker(run, epoch, resumed)
+  pending = None
   try:
-    for i, device_batch in enumerate(training.prefetch_to_device(batches,
-                                                                 DEVICE_PREFETCH)):
+    for i, device_batch in enumerate(
+        training.prefetch_to_device(batches, DEVICE_PREFETCH), first):
       run.where.check_stop()
       train_state, metrics = run.steps.train(train_state, device_batch)
       if pending is not None:
         tracker.add(*pending)  # The previous step's, while this one runs.
       pending = (metrics, i)
-    tracker.add(*pending)
+      if i + 1 < steps and run.save_clock.due():
+        tracker.add(*pending)  # A save holds whole steps: this one's metrics too.
+        pending = None
+        save_within_epoch(run, train_state, epoch, tracker)
+    if pending is not None:
+      tracker.add(*pending)
   finally:
     tracker.close()
   jax.block_until_ready(train_state)
-  seconds = time.perf_counter() - started
-  return (train_state,) + tracker.gathered() + (seconds,)
+  return (train_state,) + tracker.gathered() + (tracker.seconds(),)
+
+
+def save_within_epoch(run: Run, train_state: training.TrainState, epoch: int,
+                      tracker: _StepTracker) -> None:
+  """Saves the run in the middle of epoch `epoch` after the steps `tracker` holds, with
+  their predictions, so that a resumed epoch scores as an uninterrupted one."""
+  host = training.unreplicate(train_state)
+  if not _all_finite(host.params):
+    raise NonFiniteError(
+        f'training stopped: non-finite parameters in epoch {epoch + 1} after step '
+        f'{len(tracker.preds)} (global step {int(host.step)}). Nothing since the last '
+        'checkpoint was saved; ' + _last_good(run.config.run_dir))
+  preds, targets = tracker.gathered()  # A collective: every process takes part.
+  run.save_clock.reset()
+  if not run.is_writer:
+    return
+  progress = checkpointer_lib.EpochProgress(
+      steps=len(tracker.preds), predictions=preds, targets=targets,
+      seconds=tracker.seconds())
+  path = run.checkpointer.save(
+      progress=progress, params=host.params, state=host.state,
+      model_config=run.plan.model_config, opt_state=host.opt_state, rng=host.rng,
+      epoch=epoch, step=int(host.step), metrics=run.history,
+      extra=_checkpoint_extra(run, _best_of(run.history)[0]))
+  run.log(f'saved {path} (step {progress.steps} of {run.plan.steps_per_epoch} of epoch '
+          f'{epoch + 1})')
 
 
 def eval_variables(run: Run, train_state: training.TrainState, epoch: int):
@@ -856,16 +987,17 @@ def evaluate(run: Run, params, state) -> Tuple[np.ndarray, np.ndarray, float]:
   return preds, passes[0][1], time.perf_counter() - started
 
 
-def run_epoch(run: Run, train_state: training.TrainState, epoch: int):
-  """Trains and evaluates one epoch.
+def run_epoch(run: Run, train_state: training.TrainState, epoch: int,
+              resumed: Optional[checkpointer_lib.EpochProgress] = None):
+  """Trains (from where `resumed` left it, if given) and evaluates one epoch.
 
   Returns:
     (train_state, the epoch's metrics record, host TrainState, evaluated) where
     evaluated = (params, state) on the host, each None where it is the training one.
   """
   started = time.perf_counter()
-  train_state, train_pred, train_target, train_seconds = train_epoch(run, train_state,
-                                                                     epoch)
+  train_state, train_pred, train_target, train_seconds = train_epoch(
+      run, train_state, epoch, resumed)
   params, state = eval_variables(run, train_state, epoch)
   holdout_pred, holdout_target, eval_seconds = evaluate(run, params, state)
   host = training.unreplicate(train_state)
@@ -914,36 +1046,42 @@ def _ctrl_c_between_steps(where: Position):
     signal.signal(signal.SIGINT, previous)
 
 
+def _checkpoint_extra(run: Run, best_epoch: int) -> Dict[str, Any]:
+  """What a checkpoint records besides the arrays: the flags, window, recipe, data."""
+  config = run.config
+  return dict(train_config=config.to_json_dict(), crop_start=config.window_start,
+              plasmid_context=config.plasmid_context,
+              recipe=recipe_lib.fields_as_dict(config.recipe), data=run.data.data_id,
+              best_epoch=best_epoch)
+
+
 def save_epoch(run: Run, host: training.TrainState, evaluated, history, is_best: bool,
                best_epoch: int) -> None:
-  """Writes the epoch's checkpoint (and the best one), metrics and plot (process 0)."""
+  """Writes the epoch's checkpoint, the best one, the metrics, the plot and the epoch's
+  TensorBoard scalars (process 0)."""
+  run.save_clock.reset()
   if not run.is_writer:
     return
   config, number = run.config, history[-1]['epoch']
   params, state = evaluated
-  extra = dict(train_config=config.to_json_dict(), crop_start=config.window_start,
-               plasmid_context=config.plasmid_context,
-               recipe=recipe_lib.fields_as_dict(config.recipe), data=run.data.data_id,
-               best_epoch=best_epoch)
-
-  def save(path):
-    checkpoint_lib.save_checkpoint(
-        path, params=host.params if params is None else params,
-        state=host.state if state is None else state, model_config=run.plan.model_config,
-        opt_state=host.opt_state, rng=host.rng, epoch=number, step=int(host.step),
-        metrics=history, extra=extra,
-        train_params=None if params is None else host.params,
-        train_state=None if state is None else host.state)
-
-  title = (f'{os.path.basename(os.path.normpath(config.run_dir))}: '
-           f'{len(run.data.train_rows):,} train rows, batch {config.batch_size}')
+  fields = dict(
+      params=host.params if params is None else params,
+      state=host.state if state is None else state, model_config=run.plan.model_config,
+      opt_state=host.opt_state, rng=host.rng, epoch=number, step=int(host.step),
+      metrics=history, extra=_checkpoint_extra(run, best_epoch),
+      train_params=None if params is None else host.params,
+      train_state=None if state is None else host.state)
   # Ctrl-C waits for these files: it is checked between steps (`_ctrl_c_between_steps`).
   if is_best:
-    save(checkpoint_lib.best_checkpoint_path(config.run_dir))
-  save(checkpoint_lib.epoch_checkpoint_path(config.run_dir, number))
-  checkpoint_lib.prune_checkpoints(config.run_dir, config.keep_checkpoints)
+    run.checkpointer.export_best(**fields)
+  run.checkpointer.save(**fields)
+  title = (f'{os.path.basename(os.path.normpath(config.run_dir))}: '
+           f'{len(run.data.train_rows):,} train rows, batch {config.batch_size}')
   write_metrics_file(config.run_dir, history)
   plot_history(config.run_dir, history, run.data.noise_ceiling, title)
+  if run.tensorboard is not None:
+    run.tensorboard.scalars(int(host.step), summaries.flatten_scalars(history[-1]))
+    run.tensorboard.flush()
 
 
 def _epoch_line(record: Dict[str, Any], num_epochs: int, is_best: bool) -> str:
@@ -961,9 +1099,14 @@ def _holdout_pearsons(history: Sequence[Dict[str, Any]]) -> List[Optional[float]
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = False, verbose: bool = True,
-          log_every_steps: int = 0) -> TrainResult:
+          progress: bool = False, verbose: bool = True, log_every_steps: int = 0,
+          save_every_minutes: float = 30.0,
+          tensorboard_every_steps: int = 10) -> TrainResult:
   """Runs (or resumes) training; see the module docstring.
+
+  save_every_minutes: also save within an epoch this often (<= 0: at epoch ends only).
+  tensorboard_every_steps: TensorBoard's step loss, learning rate and seq/s every this
+    many global steps (<= 0: per-epoch scalars only).
 
   Raises:
     TrainingError: missing data, a run directory in the way, flags that do not match
@@ -971,7 +1114,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     Interrupted: Ctrl-C; its message names the epoch, step and last checkpoint.
     dream_data.DreamDataError, checkpoint_lib.CheckpointError: bad files.
   """
-  latest = checkpoint_lib.latest_checkpoint(config.run_dir)
+  latest = checkpointer_lib.Checkpointer(config.run_dir).latest()
   if latest and not resume and not overwrite:
     raise TrainingError(
         f'{config.run_dir} already holds checkpoints (latest {latest}). Pass --resume '
@@ -981,12 +1124,15 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
   if jax.process_index() == 0:
     check_run_dir_writable(config.run_dir)
   where = Position()
+  options = dict(progress=progress, log_every_steps=log_every_steps,
+                 save_clock=SaveClock(save_every_minutes),
+                 tensorboard_every_steps=tensorboard_every_steps, where=where)
   try:
     with _ctrl_c_between_steps(where):
-      return _train(config, resume=resume, overwrite=overwrite, progress=progress,
-                    verbose=verbose, log_every_steps=log_every_steps, where=where)
+      return _train(config, resume=resume, overwrite=overwrite, verbose=verbose,
+                    options=options)
   except KeyboardInterrupt:
-    last = checkpoint_lib.latest_checkpoint(config.run_dir)
+    last = checkpointer_lib.Checkpointer(config.run_dir).latest()
     at = (f'at epoch {where.epoch}, step {where.step}' if where.epoch else
           'before training started')
     raise Interrupted(
@@ -995,14 +1141,23 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
          'no checkpoint was written yet; run again to start over')) from None
 
 
-def _train(config: TrainConfig, *, resume: bool, overwrite: bool, progress: bool,
-           verbose: bool, log_every_steps: int, where: Position) -> TrainResult:
+def _train(config: TrainConfig, *, resume: bool, overwrite: bool, verbose: bool,
+           options: Dict[str, Any]) -> TrainResult:
+  """Sets the run up (`options`: the `Run` fields `train` chose), then trains."""
   is_writer = jax.process_index() == 0
   log = _Printer(verbose and is_writer)
+
+  def warn(line: str) -> None:
+    if is_writer:
+      print(f'{distributed.process_label()}warning: {line}', file=sys.stderr, flush=True)
+
   run_data = load_data(config, log)
   plan = make_plan(config, len(run_data.train_rows))
-  host_state, history, start_epoch = start_or_resume(
-      config, plan, run_data, resume=resume, overwrite=overwrite, log=log)
+  checkpointer = checkpointer_lib.Checkpointer(config.run_dir, config.keep_checkpoints)
+  host_state, history, start_epoch, resumed = start_or_resume(
+      config, plan, run_data, checkpointer, resume=resume, overwrite=overwrite, log=log,
+      warn=warn)
+  where = options['where']
   where.epoch, where.step = start_epoch + 1, int(host_state.step)
   _check_processes_agree(
       flags=_fingerprint({k: v for k, v in config.to_json_dict().items()
@@ -1016,22 +1171,37 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool, progress: bool
   started = time.perf_counter()
   run = Run(config=config, data=run_data, plan=plan,
             steps=build_steps(config, plan, train_state), log=log, is_writer=is_writer,
-            progress=progress, log_every_steps=log_every_steps, where=where)
+            checkpointer=checkpointer, history=history,
+            tensorboard=summaries.ScalarWriter(config.run_dir) if is_writer else None,
+            **options)
   log(f'model: {describe_model(config, plan.model_config, num_params)} (window '
       f'[{config.window_start}:{config.window_start + config.input_length}] of '
       f'{config.row_length}), {jax.local_device_count()} device(s) x '
       f'{jax.process_count()} process(es), global batch {config.batch_size}, '
       f'{plan.steps_per_epoch} steps/epoch; compiled in '
       f'{time.perf_counter() - started:.1f} s')
+  try:
+    return _run_epochs(run, train_state, start_epoch, resumed)
+  finally:
+    checkpointer.close()
+    if run.tensorboard is not None:
+      run.tensorboard.close()
+
+
+def _run_epochs(run: Run, train_state: training.TrainState, start_epoch: int,
+                resumed: Optional[checkpointer_lib.EpochProgress]) -> TrainResult:
+  """Epochs from `start_epoch` (0-based; the first from `resumed`, if given) on."""
+  config, history, log = run.config, run.history, run.log
   best_epoch, best_pearson = _best_of(history)
   patience = config.early_stopping_patience
   stopped = recipe_lib.should_stop(_holdout_pearsons(history), patience)
   for epoch in range(start_epoch, config.num_epochs):
     if stopped:
       break
-    where.epoch = epoch + 1
-    where.check_stop()
-    train_state, record, host, evaluated = run_epoch(run, train_state, epoch)
+    run.where.epoch = epoch + 1
+    run.where.check_stop()
+    train_state, record, host, evaluated = run_epoch(run, train_state, epoch, resumed)
+    resumed = None
     pearson = record['holdout']['pearson']
     is_best = math.isfinite(pearson) and pearson > best_pearson
     if is_best:
@@ -1044,11 +1214,11 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool, progress: bool
     if stopped:
       log(f'early stop: {patience} epoch(s) without a better held-out Pearson')
   log(f'done: best epoch {best_epoch} with held-out Pearson {best_pearson:.4f}'
-      + (f' (noise ceiling {run_data.noise_ceiling:.4f})' if run_data.noise_ceiling
+      + (f' (noise ceiling {run.data.noise_ceiling:.4f})' if run.data.noise_ceiling
          else '') + f'; {checkpoint_lib.best_checkpoint_path(config.run_dir)}')
   return TrainResult(train_state=training.unreplicate(train_state), history=history,
                      best_epoch=best_epoch, best_pearson=best_pearson,
-                     noise_ceiling=run_data.noise_ceiling, run_dir=config.run_dir,
+                     noise_ceiling=run.data.noise_ceiling, run_dir=config.run_dir,
                      stopped_early=stopped)
 
 
@@ -1061,7 +1231,7 @@ def _with_nan_targets(batches, index: int):
 
 
 def _last_good(run_dir: str) -> str:
-  latest = checkpoint_lib.latest_checkpoint(run_dir)
+  latest = checkpointer_lib.Checkpointer(run_dir).latest()
   if latest is None:
     return 'no checkpoint had been written yet.'
   return (f'the last good checkpoint is {latest}; lower --learning_rate or check the '
@@ -1115,8 +1285,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum('compute_dtype', d.compute_dtype, ['float32', 'bfloat16'],
                     'Activation dtype (parameters stay float32).', **fv)
   flags.DEFINE_integer('keep_checkpoints', d.keep_checkpoints,
-                       'Epoch checkpoints kept (the best one is kept apart); 0: all.',
-                       **fv)
+                       'Checkpoints kept in --run_dir/checkpoints, at epoch ends and '
+                       'within epochs (the best one is kept apart); 0: all.', **fv)
   flags.DEFINE_integer('debug_nan_at_step', d.debug_nan_at_step,
                        'Testing only: NaN targets at this 0-based global step.', **fv)
   define_recipe_flags(flag_values)
@@ -1125,6 +1295,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_bool('overwrite', False,
                     'Start afresh in a --run_dir that holds checkpoints (deletes them).',
                     **fv)
+  flags.DEFINE_float('save_every_minutes', 30.0,
+                     'Also save within an epoch this often, so that --resume continues '
+                     'at the next step; 0: at the end of each epoch only.', **fv)
+  flags.DEFINE_integer('tensorboard_every_steps', 10,
+                       'TensorBoard event files in --run_dir: the step loss, learning '
+                       'rate and seq/s every this many steps (and every per-epoch '
+                       'metric); 0: the per-epoch metrics only.', **fv)
   flags.DEFINE_bool('progress', True,
                     'Progress bar with throughput (only on a terminal).', **fv)
   flags.DEFINE_integer('log_every_steps', 100,
@@ -1245,11 +1422,30 @@ def _exit_interrupted(line: str) -> None:
   os._exit(130)
 
 
+def _quiet_abandoned_reads() -> None:
+  """Silences what orbax's reads of a damaged checkpoint leave behind.
+
+  Its first error ends the read and closes its event loop; tensorstore's other reads
+  finish later and asyncio reports each (a traceback at exit). The warning line
+  already names the checkpoint and why it was skipped.
+  """
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+  report = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      report(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # absl shows INFO records; jax's probing of absent backends is not news.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  _quiet_abandoned_reads()
   # Before anything touches JAX: join the other processes, if any.
   try:
     distributed.initialize(distributed_config_from_flags())
@@ -1265,7 +1461,9 @@ def main(argv):
   progress = FLAGS.progress and sys.stderr.isatty()
   try:
     train(config, resume=FLAGS.resume, overwrite=FLAGS.overwrite, progress=progress,
-          log_every_steps=0 if progress else FLAGS.log_every_steps)
+          log_every_steps=0 if progress else FLAGS.log_every_steps,
+          save_every_minutes=FLAGS.save_every_minutes,
+          tensorboard_every_steps=FLAGS.tensorboard_every_steps)
   except (TrainingError, dream_data.DreamDataError,
           checkpoint_lib.CheckpointError) as e:
     _fail(str(e))

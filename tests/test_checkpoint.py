@@ -1,6 +1,8 @@
 """Checkpoints: everything comes back, writes are atomic, bad files fail clearly."""
 
+import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -209,3 +211,198 @@ def test_default_crop_start_keeps_the_seed_window():
   assert checkpoint.default_crop_start(100) == 6
   with pytest.raises(ValueError):
     checkpoint.default_crop_start(111)
+
+
+# ---------------------------------------------------------------------------
+# The run directory's checkpointer (orbax saves, the best one as .npz).
+
+from enformer_small import checkpointer as checkpointer_lib  # noqa: E402
+
+
+def _progress(steps=2, batch=3):
+  values = np.arange(steps * batch, dtype=np.float32)
+  return checkpointer_lib.EpochProgress(steps=steps, predictions=values / 7,
+                                        targets=values + 0.5, seconds=12.25)
+
+
+def _fields(step=123, epoch=4):
+  opt, opt_state = _momentum_state(PARAMS)
+  return opt, dict(params=PARAMS, state=STATE, model_config=config_lib.seed_config(85),
+                   opt_state=opt_state, rng=jax.random.PRNGKey(7), epoch=epoch,
+                   step=step, metrics=[{'epoch': 1, 'holdout': {'pearson': 0.5}}],
+                   extra={'train_config': {'batch_size': 10000}, 'crop_start': 15},
+                   train_params=PARAMS, train_state=STATE)
+
+
+def test_checkpointer_restores_every_field_and_the_position_in_the_epoch(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=3)
+  opt, fields = _fields()
+  path = saver.save(progress=_progress(), **fields)
+  saver.close()
+  assert path == os.path.join(tmp_path, 'checkpoints', '123')
+  restored = checkpointer_lib.Checkpointer(tmp_path).restore_latest(opt.init(PARAMS))
+  loaded = restored.checkpoint
+  _assert_trees_equal(loaded.params, PARAMS)
+  _assert_trees_equal(loaded.state, STATE)
+  _assert_trees_equal(loaded.train_params, PARAMS)
+  _assert_trees_equal(loaded.train_state, STATE)
+  _assert_trees_equal(loaded.opt_state, fields['opt_state'])
+  np.testing.assert_array_equal(loaded.rng, np.asarray(jax.random.PRNGKey(7)))
+  assert loaded.rng.dtype == np.uint32
+  assert (loaded.epoch, loaded.step, loaded.path) == (4, 123, path)
+  assert loaded.metrics == ({'epoch': 1, 'holdout': {'pearson': 0.5}},)
+  assert loaded.extra == fields['extra']
+  assert loaded.model_config == config_lib.seed_config(85)
+  expected = _progress()
+  assert (restored.progress.steps, restored.progress.seconds) == (2, 12.25)
+  _assert_trees_equal([restored.progress.predictions, restored.progress.targets],
+                      [expected.predictions, expected.targets])
+
+
+def test_checkpointer_at_an_epoch_end_has_no_progress(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  saver.save(**_fields()[1])
+  assert saver.restore_latest().progress is None
+
+
+def test_checkpointer_keeps_the_last_k_saves(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=2)
+  for step in (5, 10, 15, 20):
+    saver.save(**_fields(step=step)[1])
+  assert saver.steps() == [15, 20]
+  assert saver.latest() == os.path.join(tmp_path, 'checkpoints', '20')
+
+
+def test_checkpointer_writes_json_and_tensorstore_files_only(tmp_path):
+  """No pickle anywhere: every file is JSON, orbax's text markers or tensorstore's
+  OCDBT data, none starting like a pickle (protocol 2-5)."""
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  saver.save(progress=_progress(), **_fields()[1])
+  kinds = set()
+  for root, _, files in os.walk(tmp_path / 'checkpoints'):
+    for name in files:
+      data = (pathlib.Path(root) / name).read_bytes()
+      assert not (data[:1] == b'\x80' and data[1:2] in (b'\x02', b'\x03', b'\x04',
+                                                        b'\x05')), name
+      if name in ('_CHECKPOINT_METADATA', '_METADATA', 'metadata'):
+        json.loads(data)
+        kinds.add('json')
+      elif name == 'commit_success.txt':
+        kinds.add('marker')
+      else:
+        assert name == 'manifest.ocdbt' or os.path.basename(root) == 'd', (root, name)
+        kinds.add('ocdbt')
+  assert kinds == {'json', 'marker', 'ocdbt'}
+
+
+def _largest_data_file(step_dir):
+  """The array data orbax reads: the merged OCDBT database's data files (arrays/d/),
+  not the per-process ones it was merged from."""
+  return max((step_dir / 'arrays' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip_bytes'])
+def test_damaged_newest_save_is_reported_and_the_older_one_restored(tmp_path, damage):
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=3)
+  saver.save(**_fields(step=10, epoch=1)[1])
+  saver.save(**_fields(step=20, epoch=2)[1])
+  saver.close()
+  victim = _largest_data_file(tmp_path / 'checkpoints' / '20')
+  data = bytearray(victim.read_bytes())
+  if damage == 'truncate':
+    data = data[:len(data) // 2]
+  else:
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  victim.write_bytes(bytes(data))
+  warnings = []
+  restored = checkpointer_lib.Checkpointer(tmp_path).restore_latest(
+      on_damaged=warnings.append)
+  assert (restored.checkpoint.epoch, restored.checkpoint.step) == (1, 10)
+  assert len(warnings) == 1
+  assert warnings[0].startswith(os.path.join(str(tmp_path), 'checkpoints', '20') + ':')
+  assert 'moved to' in warnings[0]
+  # Out of the way: the next save of step 20 and the retention count do not meet it.
+  assert checkpointer_lib.Checkpointer(tmp_path).steps() == [10]
+  assert os.listdir(tmp_path / 'damaged_checkpoints')[0].startswith('20.')
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused_not_skipped(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  saver.save(**_fields(step=10)[1])
+  with pytest.raises(checkpoint.OptimizerMismatchError, match='optimizer'):
+    saver.restore_latest(optax.adam(1e-3).init(PARAMS))
+  assert saver.steps() == [10]
+
+
+def test_leftovers_of_killed_writes_are_removed(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  saver.save(**_fields(step=10)[1])
+  saver.close()
+  npz_tmp = tmp_path / '.checkpoint_best.npz.k3j2h1.tmp'
+  npz_tmp.write_bytes(b'PK\x03\x04 partial')
+  orbax_tmp = tmp_path / 'checkpoints' / '20.orbax-checkpoint-tmp-1764140000'
+  (orbax_tmp / 'arrays').mkdir(parents=True)
+  assert saver.steps() == [10]  # ignored while there
+  removed = checkpointer_lib.remove_temporaries(tmp_path)
+  assert sorted(removed) == sorted([str(npz_tmp), str(orbax_tmp)])
+  assert not npz_tmp.exists() and not orbax_tmp.exists()
+  assert saver.restore_latest().checkpoint.step == 10
+
+
+def test_old_npz_epoch_checkpoints_still_resume(tmp_path):
+  """A run directory of the earlier format: its newest epoch file is the latest."""
+  _save(checkpoint.epoch_checkpoint_path(tmp_path, 1), epoch=1)
+  _save(checkpoint.epoch_checkpoint_path(tmp_path, 2), epoch=2)
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  assert saver.latest() == checkpoint.epoch_checkpoint_path(tmp_path, 2)
+  assert saver.restore_latest().checkpoint.epoch == 2
+
+
+def test_delete_all_removes_every_checkpoint_whatever_its_format(tmp_path):
+  saver = checkpointer_lib.Checkpointer(tmp_path)
+  saver.save(**_fields(step=10)[1])
+  saver.export_best(**_fields(step=10)[1])
+  _save(checkpoint.epoch_checkpoint_path(tmp_path, 1), epoch=1)
+  (tmp_path / 'damaged_checkpoints' / '20.1').mkdir(parents=True)
+  (tmp_path / 'metrics.jsonl').write_text('{}\n')
+  saver.delete_all()
+  assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl']
+  assert saver.latest() is None
+
+
+def test_orbax_alone_reads_a_flipped_byte_as_wrong_numbers_the_crc_catches_it(tmp_path):
+  """Why the metadata holds a CRC-32 of every array: tensorstore checksums its b-tree
+  nodes, but a large array's data chunks are read back without a check. Flipped bytes
+  there come back from orbax as wrong numbers and no error; the checkpointer notices
+  and falls back to the older save."""
+  import orbax.checkpoint as ocp
+  big = {'enformer/~/trunk/~/conv': {
+      'w': np.random.RandomState(0).randn(1_000_000).astype(np.float32)}}
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=3)
+  fields = dict(_fields()[1], params=big, train_params=None, opt_state=None)
+  saver.save(**dict(fields, step=10, epoch=1))
+  saver.save(**dict(fields, step=20, epoch=2))
+  saver.close()
+  newest = tmp_path / 'checkpoints' / '20'
+  victim = max((p for p in (newest / 'arrays').rglob('*') if p.is_file()),
+               key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  victim.write_bytes(bytes(data))
+
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+    plain = reader.restore(newest, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore()))['arrays']['params']['0']
+  assert plain.shape == (1_000_000,)
+  assert not np.array_equal(plain, big['enformer/~/trunk/~/conv']['w'])
+
+  warnings = []
+  restored = checkpointer_lib.Checkpointer(tmp_path).restore_latest(
+      on_damaged=warnings.append)
+  assert restored.checkpoint.step == 10
+  assert len(warnings) == 1 and 'CRC-32 mismatch in params/0' in warnings[0]
+  np.testing.assert_array_equal(
+      restored.checkpoint.params['enformer/~/trunk/~/conv']['w'],
+      big['enformer/~/trunk/~/conv']['w'])

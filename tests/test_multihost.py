@@ -23,7 +23,7 @@ from absl import flags
 import numpy as np
 import pytest
 
-from enformer_small import checkpoint
+from enformer_small import checkpointer
 from enformer_small import distributed
 from enformer_small import dream_data
 from experiments import train as train_lib
@@ -205,7 +205,9 @@ def runs(tmp_path_factory):
 
 
 def _final(run_dir):
-  return checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(run_dir, 1))
+  restored = checkpointer.Checkpointer(run_dir).restore_latest()
+  assert restored.checkpoint.epoch == 1
+  return restored.checkpoint
 
 
 def _leaves(tree):
@@ -251,8 +253,13 @@ def test_only_process_0_writes(runs):
   directory holds what a single-process run writes."""
   tmp = runs['tmp']
   assert not (tmp / 'two_process1').exists()
-  assert sorted(p.name for p in (tmp / 'two').iterdir()) == sorted(
-      p.name for p in (tmp / 'one').iterdir())
+
+  def kinds(run_dir):  # TensorBoard's event files are named by time, host and pid.
+    return sorted(re.sub(r'^events\.out\.tfevents\..*', 'events.out.tfevents.*', p.name)
+                  for p in run_dir.iterdir())
+  assert kinds(tmp / 'two') == kinds(tmp / 'one')
+  assert 'events.out.tfevents.*' in kinds(tmp / 'two')
+  assert sorted(os.listdir(tmp / 'two' / 'checkpoints')) == ['11']
   # Log lines come from process 0 only.
   assert 'epoch 1/1' in runs['outputs'][1] and 'epoch 1/1' not in runs['outputs'][2]
 
@@ -348,8 +355,9 @@ def test_every_process_resumes_from_the_same_checkpoint(runs):
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out
   assert 'resuming from' in outputs[0]
-  one, two = (checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(tmp / n, 2))
+  one, two = (checkpointer.Checkpointer(tmp / n).restore_latest().checkpoint
               for n in ('one', 'two'))
+  assert one.epoch == two.epoch == 2
   assert one.step == two.step == 22
   assert _max_difference(one.params, two.params) < 1e-5
   assert _max_difference(one.state, two.state) < 1e-5
@@ -368,3 +376,43 @@ def test_training_job_ends_when_one_process_cannot_start(tmp_path, runs):
   assert f'[process 1 of 2] error: training file {missing} not found' in outputs[1]
   assert 'another task died' in outputs[0]
   assert seconds < 180
+
+
+def _without_timings(record):
+  return {k: v for k, v in record.items() if 'second' not in k and 'per_s' not in k}
+
+
+@pytest.mark.slow
+def test_two_processes_save_within_the_epoch_and_resume_from_it(runs):
+  """2 processes saving after every step, stopped by NaN targets at step 8 of 11 after
+  the save of step 7 (process 0's clock decides for both; only process 0 writes);
+  resumed by 2 processes, the epoch ends as the uninterrupted 2-process run's, bit for
+  bit (parameters, BatchNorm state, optimizer state, rng, metrics)."""
+  tmp = runs['tmp']
+  run_dirs = (tmp / 'within', tmp / 'within_process1')
+  _, outputs = _run_two_processes(tmp, run_dirs, '--save_every_minutes=1e-9',
+                                  '--debug_nan_at_step=7')
+  for out in outputs:
+    assert 'the loss became nan in epoch 1, step 8 of 11' in out, out
+  assert checkpointer.Checkpointer(run_dirs[0]).steps() == [5, 6, 7]
+  assert not run_dirs[1].exists()
+
+  # Resuming, every process reads the run directory (a shared file system).
+  procs, outputs = _run_two_processes(tmp, (run_dirs[0], run_dirs[0]), '--resume')
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out
+  assert 'resuming from' in outputs[0] and 'step 7 (7 of the 11 steps' in outputs[0]
+  saved = checkpointer.Checkpointer(run_dirs[0]).restore_latest().checkpoint
+  straight = checkpointer.Checkpointer(tmp / 'two').read(
+      str(tmp / 'two' / 'checkpoints' / '11')).checkpoint
+  assert saved.step == straight.step == 11
+  for name in ('params', 'state', 'train_params', 'train_state'):
+    a, b = _leaves(getattr(saved, name) or {}), _leaves(getattr(straight, name) or {})
+    assert a.keys() == b.keys(), name
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f'{name} {key}')
+  for a, b in zip(saved.opt_state, straight.opt_state):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(saved.rng, straight.rng)
+  assert ([_without_timings(r) for r in saved.metrics] ==
+          [_without_timings(straight.metrics[0])])

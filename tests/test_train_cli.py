@@ -10,7 +10,7 @@ import sys
 from absl import flags
 import pytest
 
-from enformer_small import checkpoint
+from enformer_small import checkpointer
 from experiments import train as train_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -86,9 +86,11 @@ def test_missing_train_file_says_where_to_get_it_and_how_to_run_the_demo(tmp_pat
   assert not (tmp_path / 'run').exists()
 
 
-def test_tiny_run_then_nan_stop_on_resume(tmp_path):
-  """A 1-epoch run writes its files; --resume with NaN targets in epoch 2 exits 1
-  with the epoch and step, and leaves the epoch-1 checkpoint as it was."""
+def test_tiny_run_then_nan_stop_on_resume_then_resume_past_a_damaged_save(tmp_path):
+  """A 1-epoch run writes its files; --resume, saving after every step, with NaN
+  targets in epoch 2 exits 1 with the epoch and step, and leaves the epoch-1 checkpoint
+  as it was; with the newest save truncated, --resume warns in one line naming it and
+  goes on from the one before, without a traceback."""
   run_dir = tmp_path / 'run'
   common = [f'--run_dir={run_dir}', '--synthetic_rows=300', '--synthetic_seed=3',
             f'--synthetic_dir={tmp_path / "data"}', f'--data_cache_dir={tmp_path / "c"}',
@@ -103,20 +105,33 @@ def test_tiny_run_then_nan_stop_on_resume(tmp_path):
   assert json.loads(lines[0])['epoch'] == 1
   assert (run_dir / 'pearson.png').exists()
   assert json.loads((run_dir / 'train_config.json').read_text())['batch_size'] == 48
-  ckpt = pathlib.Path(checkpoint.epoch_checkpoint_path(run_dir, 1))
-  before = ckpt.read_bytes()
+  ckpt = run_dir / 'checkpoints' / '15'  # 240 rows x 3 shifts / 48 per step
+  before = {p: p.read_bytes() for p in ckpt.rglob('*') if p.is_file()}
 
   again = run_train(*common, '--num_epochs=1', timeout=300)
   assert again.returncode == 1 and '--resume' in again.stderr
   assert 'Traceback' not in again.stderr
 
-  nan = run_train(*common, '--num_epochs=2', '--resume', '--debug_nan_at_step=15',
-                  compile_cache=cache)
+  nan = run_train(*common, '--num_epochs=2', '--resume', '--debug_nan_at_step=17',
+                  '--save_every_minutes=1e-9', compile_cache=cache)
   assert nan.returncode == 1, nan.stderr[-3000:]
   assert 'Traceback' not in nan.stderr
-  assert 'the loss became nan in epoch 2, step 1 of 15' in nan.stderr
-  assert ckpt.read_bytes() == before
-  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [1]
+  assert 'the loss became nan in epoch 2, step 3 of 15' in nan.stderr
+  assert {p: p.read_bytes() for p in ckpt.rglob('*') if p.is_file()} == before
+  assert checkpointer.Checkpointer(run_dir).steps() == [15, 16, 17]
+
+  newest = run_dir / 'checkpoints' / '17'
+  victim = max((newest / 'arrays' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+  victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+  resumed = run_train(*common, '--num_epochs=2', '--resume', compile_cache=cache)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Traceback' not in resumed.stderr, resumed.stderr[-3000:]
+  warnings = [l for l in resumed.stderr.splitlines() if 'warning' in l.lower()]
+  assert len(warnings) == 1, resumed.stderr[-3000:]
+  assert warnings[0].startswith(f'warning: skipping a damaged checkpoint: {newest}: ')
+  assert f'resuming from {run_dir / "checkpoints" / "16"}: epoch 1, step 16' in (
+      resumed.stdout)
+  assert 'epoch 2/2' in resumed.stdout
 
 
 def test_a_run_directory_that_cannot_be_written_is_one_line_before_any_work(tmp_path):

@@ -20,6 +20,7 @@ import optax
 import pytest
 
 from enformer_small import checkpoint
+from enformer_small import checkpointer
 from enformer_small import config as config_lib
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
@@ -117,9 +118,8 @@ def runs(tmp_path_factory):
   checkpoint, in the middle of the schedule."""
   tmp = tmp_path_factory.mktemp('recipes')
   whole = train_lib.train(_config(tmp, 'whole'), verbose=False)
-  (tmp / 'split').mkdir()
-  shutil.copy(checkpoint.epoch_checkpoint_path(tmp / 'whole', 1),
-              checkpoint.epoch_checkpoint_path(tmp / 'split', 1))
+  shutil.copytree(tmp / 'whole' / 'checkpoints' / '15',  # epoch 1's end
+                  tmp / 'split' / 'checkpoints' / '15')
   resumed = train_lib.train(_config(tmp, 'split'), resume=True, verbose=False)
   return dict(tmp=tmp, whole=whole, resumed=resumed)
 
@@ -144,8 +144,8 @@ def test_checkpoints_hold_the_evaluated_and_the_training_variables(runs):
   """Params are the Polyak average (what was evaluated), train_params what training
   continues from; state the recalibrated BatchNorm averages; the recipe, the plasmid
   context and the window are recorded; the model has the 18-bin head."""
-  ckpt = checkpoint.load_checkpoint(checkpoint.epoch_checkpoint_path(
-      runs['tmp'] / 'whole', 2))
+  ckpt = checkpointer.Checkpointer(runs['tmp'] / 'whole').restore_latest().checkpoint
+  assert ckpt.epoch == 2
   final = runs['whole'].train_state
   for module, values in final.params.items():
     for name, value in values.items():
@@ -237,11 +237,13 @@ def test_ctrl_c_prints_one_line_and_exits_130_at_once(tmp_path):
   assert 'Traceback' not in stderr
   lines = [l for l in stderr.splitlines() if 'interrupted' in l]
   assert len(lines) == 1
-  last = checkpoint.epoch_checkpoint_path(run_dir, 1)
+  last = run_dir / 'checkpoints' / '45'  # epoch 1's end
   assert lines[0].startswith('interrupted at epoch 2, step ')
   assert lines[0].endswith(f'the last checkpoint is {last}; --resume continues')
-  assert checkpoint.load_checkpoint(last).step == 45
-  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [1]
+  saver = checkpointer.Checkpointer(run_dir)
+  assert saver.steps() == [45]
+  assert saver.restore_latest().checkpoint.step == 45
   assert not [p for p in os.listdir(run_dir) if p.endswith('.tmp')]
+  assert not [p for p in os.listdir(run_dir / 'checkpoints') if 'tmp' in p]
   used = json.loads((run_dir / 'train_config.json').read_text())
   assert used['train_file'].endswith('synthetic_300rows_seed3.txt')

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from enformer_small import checkpoint
+from enformer_small import checkpointer
+from enformer_small import summaries
 from enformer_small import training
 from experiments import train as train_lib
 
@@ -164,21 +166,116 @@ def runs(tmp_path_factory):
   return dict(tmp=tmp, whole=whole, first=first, resumed=resumed)
 
 
+def _assert_same_train_state(a, b):
+  """Bit for bit: parameters, BatchNorm state, optimizer state, rng and step."""
+  for name in ('params', 'state', 'opt_state', 'rng', 'step'):
+    x, y = getattr(a, name), getattr(b, name)
+    assert jax.tree_util.tree_structure(x) == jax.tree_util.tree_structure(y)
+    for u, v in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)):
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
+
+
+def _without_timings(history):
+  return [{k: v for k, v in r.items() if 'second' not in k and 'per_s' not in k}
+          for r in history]
+
+
+def _metrics_file(run_dir):
+  return _without_timings([json.loads(line) for line in
+                           (pathlib.Path(run_dir) / 'metrics.jsonl').read_text()
+                           .splitlines()])
+
+
+def _files(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  directory = pathlib.Path(directory)
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
 def test_resumed_run_equals_uninterrupted_run(runs):
   """1 epoch, stop, --resume for the 2nd: the same parameters, state, optimizer, rng."""
   whole, resumed = runs['whole'].train_state, runs['resumed'].train_state
-  for name in ('params', 'state', 'opt_state', 'rng', 'step'):
-    a, b = getattr(whole, name), getattr(resumed, name)
-    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6,
-                                 err_msg=name)
+  _assert_same_train_state(whole, resumed)
   assert int(whole.step) == 2 * 15  # 240 rows x 3 shifts / 48 per step, 2 epochs
-  def without_timings(history):
-    return [{k: v for k, v in r.items() if 'second' not in k and 'per_s' not in k}
-            for r in history]
-  assert (without_timings(runs['whole'].history) ==
-          without_timings(runs['resumed'].history))
+  assert (_without_timings(runs['whole'].history) ==
+          _without_timings(runs['resumed'].history))
+
+
+@pytest.fixture(scope='module')
+def stopped_within_an_epoch(runs):
+  """The 'whole' run saving after every step, stopped by NaN targets at global step 19
+  (epoch 2, step 5 of 15) after its save of step 19 (4 steps into epoch 2)."""
+  config = _tiny_config(runs['tmp'], 'within', debug_nan_at_step=19, keep_checkpoints=2)
+  with pytest.raises(train_lib.NonFiniteError):
+    train_lib.train(config, save_every_minutes=1e-9, verbose=False)
+  return runs['tmp'] / 'within'
+
+
+def test_saves_within_an_epoch_hold_the_position_and_predictions(stopped_within_an_epoch):
+  saver = checkpointer.Checkpointer(stopped_within_an_epoch)
+  assert saver.steps() == [18, 19]
+  restored = saver.restore_latest()
+  assert (restored.checkpoint.epoch, restored.checkpoint.step) == (1, 19)
+  assert restored.progress.steps == 4
+  assert restored.progress.predictions.shape == (4 * 48,)
+  assert [m['epoch'] for m in restored.checkpoint.metrics] == [1]
+
+
+def test_resume_within_an_epoch_equals_the_uninterrupted_run(
+    runs, stopped_within_an_epoch, tmp_path):
+  """--resume continues at step 5 of epoch 2: the final state, the history and
+  metrics.jsonl (but for timings) equal the uninterrupted run's, bit for bit."""
+  run_dir = tmp_path / 'resumed_within'
+  shutil.copytree(stopped_within_an_epoch, run_dir)
+  resumed = train_lib.train(_tiny_config(tmp_path, 'resumed_within'), resume=True,
+                            verbose=False)
+  _assert_same_train_state(runs['whole'].train_state, resumed.train_state)
+  assert (_without_timings(runs['whole'].history) ==
+          _without_timings(resumed.history))
+  assert _metrics_file(run_dir) == _metrics_file(runs['whole'].run_dir)
+  assert checkpointer.Checkpointer(run_dir).steps() == [30]
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip_bytes'])
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
+    runs, stopped_within_an_epoch, tmp_path, capsys, damage):
+  """The save of step 19 damaged: a warning names it and why; the run resumes from the
+  save of step 18 and still ends as the uninterrupted run."""
+  run_dir = tmp_path / 'damaged'
+  shutil.copytree(stopped_within_an_epoch, run_dir)
+  newest = run_dir / 'checkpoints' / '19'
+  victim = max((newest / 'arrays' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  if damage == 'truncate':
+    data = data[:len(data) // 2]
+  else:
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  victim.write_bytes(bytes(data))
+  resumed = train_lib.train(_tiny_config(tmp_path, 'damaged'), resume=True,
+                            verbose=False)
+  warnings = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith('warning:')]
+  assert len(warnings) == 1
+  assert f'warning: skipping a damaged checkpoint: {newest}:' in warnings[0]
+  _assert_same_train_state(runs['whole'].train_state, resumed.train_state)
+  assert _metrics_file(run_dir) == _metrics_file(runs['whole'].run_dir)
+
+
+def test_tensorboard_event_files_hold_every_epoch_metric_and_the_step_values(runs):
+  """Read back with TensorBoard's own reader: each per-epoch metric at the epoch's last
+  global step (15, 30), and every 10 steps the step loss, learning rate and seq/s."""
+  scalars = summaries.read_scalars(runs['whole'].run_dir)
+  history = runs['whole'].history
+  for tag in summaries.flatten_scalars(history[0]):
+    expected = [(r['step'], np.float32(summaries.flatten_scalars(r)[tag]))
+                for r in history]
+    assert [(step, np.float32(v)) for step, v in scalars[tag]] == expected, tag
+  for tag in ('step/loss', 'step/learning_rate', 'step/seq_per_s'):
+    assert [step for step, _ in scalars[tag]] == [10, 20, 30], tag
+  assert [v for _, v in scalars['step/learning_rate']] == [np.float32(0.01)] * 3
+  assert all(v > 0 for _, v in scalars['step/seq_per_s'])
 
 
 def test_run_directory_holds_metrics_plot_and_checkpoints(runs):
@@ -193,13 +290,13 @@ def test_run_directory_holds_metrics_plot_and_checkpoints(runs):
     assert record['train']['n'] == 15 * 48
     assert record['train_seq_per_s'] > 0
   assert (run_dir / 'pearson.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  # keep_checkpoints=1: only the last epoch, plus the best one.
-  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [2]
+  # keep_checkpoints=1: only the last epoch (global step 30), plus the best one.
+  assert checkpointer.Checkpointer(run_dir).steps() == [30]
   best = checkpoint.load_checkpoint(checkpoint.best_checkpoint_path(run_dir))
   assert best.epoch == runs['whole'].best_epoch
   assert best.extra['crop_start'] == 15
   assert best.extra['train_config']['batch_size'] == 48
-  last = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run_dir))
+  last = checkpointer.Checkpointer(run_dir).restore_latest().checkpoint
   assert [m['epoch'] for m in last.metrics] == [1, 2]
 
 
@@ -232,12 +329,24 @@ def test_existing_run_directory_is_not_overwritten_without_asking(runs):
     train_lib.train(_tiny_config(runs['tmp'], 'whole'), verbose=False)
 
 
+def test_overwrite_starts_afresh_without_the_old_checkpoints_and_curves(runs, tmp_path):
+  run_dir = tmp_path / 'again'
+  shutil.copytree(runs['whole'].run_dir, run_dir)
+  result = train_lib.train(_tiny_config(tmp_path, 'again', num_epochs=1),
+                           overwrite=True, verbose=False)
+  assert checkpointer.Checkpointer(run_dir).steps() == [15]
+  assert len([p for p in os.listdir(run_dir) if p.startswith('events.out')]) == 1
+  assert [s for s, _ in summaries.read_scalars(run_dir)['holdout/pearson']] == [15]
+  assert (_without_timings(result.history) ==
+          _without_timings(runs['first'].history))
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(runs):
   """NaN targets in epoch 2 (global step 17 = epoch 2, step 3): stop, save nothing."""
   tmp = runs['tmp']
   run_dir = tmp / 'nan'  # a copy of a run stopped after epoch 1
-  ckpt_path = pathlib.Path(checkpoint.epoch_checkpoint_path(run_dir, 1))
-  before = ckpt_path.read_bytes()
+  ckpt_path = run_dir / 'checkpoints' / '15'
+  before = _files(ckpt_path)
   best_before = pathlib.Path(checkpoint.best_checkpoint_path(run_dir)).read_bytes()
   with pytest.raises(train_lib.NonFiniteError) as info:
     train_lib.train(_tiny_config(tmp, 'nan', debug_nan_at_step=17), resume=True,
@@ -245,10 +354,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(runs):
   message = str(info.value)
   assert 'epoch 2, step 3 of 15' in message and 'nan' in message
   assert str(ckpt_path) in message
-  assert ckpt_path.read_bytes() == before
+  assert _files(ckpt_path) == before
   best = pathlib.Path(checkpoint.best_checkpoint_path(run_dir))
   assert best.read_bytes() == best_before
-  assert [e for e, _ in checkpoint.epoch_checkpoints(run_dir)] == [1]
+  assert checkpointer.Checkpointer(run_dir).steps() == [15]
   assert len((run_dir / 'metrics.jsonl').read_text().splitlines()) == 1
 
 
