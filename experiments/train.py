@@ -22,6 +22,11 @@ BatchNorm averages re-estimated without dropout before each evaluation
 LegNet's soft-bin targets (--loss=mse | soft_bin; soft_bin trains the seed model with an
 18-bin head, 2,005,426 parameters at 85 bp).
 
+Own data and a head start (README.md, "Your own data and a head start"): --table_file
+with --target_columns (one model output per target, held-out metrics per target),
+--init_checkpoint (the trunk of a trained or converted model; the head where it fits),
+--freeze, --head_learning_rate and --head_only_fraction (a two-phase recipe).
+
 A run directory (--run_dir) receives, from process 0 only:
   metrics.jsonl              one JSON object per epoch: train and held-out loss, MSE, MAE,
                              Pearson, Spearman, learning rate, seq/s, seconds

@@ -176,3 +176,21 @@ def test_train_warm_starts_a_two_target_table_at_another_length_with_a_frozen_tr
       [holdout['per_target'][t]['pearson'] for t in 'xy']))
   saved = json.loads((tmp_path / 'fine' / 'train_config.json').read_text())
   assert saved['resolved']['parameters'] == 1_996_578
+
+
+def test_a_converted_tf_checkpoint_warm_starts_a_model_of_another_length(seed_fixtures_dir):
+  """The seed's own TF/Sonnet checkpoint (85 bp, one output) into 110 bp, two outputs."""
+  from enformer_small import convert
+  path = str(seed_fixtures_dir / 'checkpoint' / 'ckpt')
+  expected_params, expected_state = convert.convert_checkpoint(
+      path, config_lib.seed_config(85))
+  target = config_lib.seed_config(110).with_outputs(2)
+  source_params, source_state = warm_start.read_source(path, target)
+  params, state, report = warm_start.merge(*_init(target, seed=0), source_params,
+                                           source_state, source=path)
+  for tree, expected in ((params, expected_params), (state, expected_state)):
+    for module in filter(_is_trunk, tree):
+      for name in tree[module]:
+        np.testing.assert_array_equal(tree[module][name], expected[module][name],
+                                      strict=True)
+  assert [m for m, _ in report.reinitialised] == [HEAD]
