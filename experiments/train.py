@@ -528,7 +528,7 @@ def load_data(config: TrainConfig, log: Callable[[str], None]) -> RunData:
   path = train_file_path(config)
   if config.synthetic_rows > 0 and not config.table_file:
     path = ensure_synthetic_file(config, log)
-  if not os.path.exists(path):
+  if not config.table_file and not os.path.exists(path):
     raise TrainingError(missing_train_file_message(path))
   started = time.perf_counter()
   if config.table_file:

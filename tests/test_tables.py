@@ -81,3 +81,22 @@ def test_cache_is_keyed_by_content_and_spec(tmp_path):
   np.testing.assert_array_equal(copy.codes, first.codes)
   np.testing.assert_array_equal(copy.expression, first.expression)
   np.testing.assert_array_equal(other.expression, [[2], [4]])
+
+
+def test_train_reports_a_bad_table_in_one_line_and_exits_1(tmp_path):
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  path = _write(tmp_path, 'sequence,a\n' + 'A' * 110 + ',1\n' + 'A' * 110 + ',x\n')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
+             PYTHONPATH=os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.train', '--flagfile=small.flags',
+       f'--run_dir={tmp_path / "run"}', f'--table_file={path}', '--target_columns=a',
+       '--sequence_length=110', '--shifts=0', f'--data_cache_dir={tmp_path / "c"}'],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {path}:3: target 'a' is 'x'; expected a finite number")
