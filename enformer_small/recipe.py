@@ -179,12 +179,15 @@ class EmaState(NamedTuple):
   ema: Any
 
 
-def with_parameter_ema(inner: optax.GradientTransformation,
-                       decay: float) -> optax.GradientTransformation:
+def with_parameter_ema(inner: optax.GradientTransformation, decay: float,
+                       exact_when_equal: bool = False) -> optax.GradientTransformation:
   """`inner`, also keeping an exponential moving average of the updated parameters.
 
   Must come last: the average is of `params + updates`, the parameters the step
   produces. Kept in the optimizer state, so that checkpoints and resuming carry it.
+  exact_when_equal: where the average equals the parameter it stays as it is (the
+  formula can round it off by an ulp), so the average of a frozen parameter is exactly
+  that parameter.
   """
   def init(params):
     return EmaState(inner=inner.init(params),
@@ -193,8 +196,10 @@ def with_parameter_ema(inner: optax.GradientTransformation,
   def update(updates, state, params=None):
     updates, inner_state = inner.update(updates, state.inner, params)
     new_params = optax.apply_updates(params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
-                                 state.ema, new_params)
+    def average(e, p):
+      mixed = decay * e + (1.0 - decay) * p
+      return jnp.where(e == p, e, mixed) if exact_when_equal else mixed
+    ema = jax.tree_util.tree_map(average, state.ema, new_params)
     return updates, EmaState(inner=inner_state, ema=ema)
 
   return optax.GradientTransformation(init, update)
@@ -270,7 +275,8 @@ def make_optimizer(recipe: Recipe = Recipe(),
     optimizer = optax.chain(optax.clip_by_global_norm(recipe.clip_global_norm),
                             optimizer)
   if recipe.ema_decay > 0:
-    optimizer = with_parameter_ema(optimizer, recipe.ema_decay)
+    optimizer = with_parameter_ema(optimizer, recipe.ema_decay,
+                                   exact_when_equal=recipe.uses_parameter_groups)
   return optimizer
 
 

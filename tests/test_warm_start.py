@@ -113,7 +113,7 @@ def test_the_seeds_recipe_builds_no_parameter_groups():
 def test_frozen_parameters_and_batch_norm_averages_are_unchanged_after_steps(frozen):
   config = config_lib.seed_config(85)  # Dropout on: training mode everywhere else.
   recipe = recipe_lib.Recipe(optimizer='adamw', learning_rate=0.01, weight_decay=0.1,
-                             freeze=frozen)
+                             freeze=frozen, ema_decay=0.9)
   optimizer = recipe_lib.make_optimizer(recipe, total_steps=3)
   start = jax.device_get(training.init_train_state(config, optimizer,
                                                    jax.random.PRNGKey(0)))
@@ -127,8 +127,10 @@ def test_frozen_parameters_and_batch_norm_averages_are_unchanged_after_steps(fro
         'targets': rng.uniform(0, 17, (d, 8, 1)).astype(np.float32)}))
   end = training.unreplicate(train_state)
   changed = set()
-  for tree in ('params', 'state'):
-    before, after = getattr(start, tree), getattr(end, tree)
+  for tree in ('params', 'state', 'ema'):  # The parameter average too.
+    before = start.params if tree == 'ema' else getattr(start, tree)
+    after = (recipe_lib.ema_params(end.opt_state) if tree == 'ema' else
+             getattr(end, tree))
     for module in before:
       if not all(np.array_equal(after[module][n], before[module][n], equal_nan=True)
                  for n in before[module]):
