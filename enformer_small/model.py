@@ -80,7 +80,7 @@ def head_predictions(config: EnformerConfig, output: jnp.ndarray) -> jnp.ndarray
 
 
 def num_outputs(config: EnformerConfig, head: str = 'yeast') -> int:
-  """Predictions per sequence: a soft-bin head predicts one value, others one per channel."""
+  """Predictions per sequence: one of a soft-bin head, else one per channel."""
   return 1 if config.head_kind == 'soft_bins' else config.head_channels[head]
 
 

@@ -147,18 +147,25 @@ def _fields(path: str, lines: Sequence[bytes], separator: bytes, num_columns: in
   return columns
 
 
+# The DREAM reader's byte classes: the same validation of sequences.
+# pylint: disable=protected-access
+_CLASS_TABLE, _INVALID, _BASE = (dream_data._CLASS_TABLE, dream_data._INVALID,
+                                 dream_data._BASE)
+_parse_number = dream_data._parse_number
+# pylint: enable=protected-access
+
+
 def _check_sequences(path: str, sequences: Sequence[bytes], spec: TableSpec) -> None:
-  table = dream_data._CLASS_TABLE  # pylint: disable=protected-access
   for number, sequence in enumerate(sequences, start=2):
-    classes = table[np.frombuffer(sequence, np.uint8)]
-    bad = np.flatnonzero(classes == dream_data._INVALID)  # pylint: disable=protected-access
+    classes = _CLASS_TABLE[np.frombuffer(sequence, np.uint8)]
+    bad = np.flatnonzero(classes == _INVALID)
     if not sequence:
       raise _fail(path, number, f'empty sequence in column {spec.sequence_column!r}')
     if bad.size:
       raise _fail(path, number, f'invalid character {sequence[bad[0]:bad[0] + 1]!r} at '
                   f'position {bad[0] + 1} of the sequence; expected letters (A, C, G, '
                   'T, N)')
-    if not (classes == dream_data._BASE).any():  # pylint: disable=protected-access
+    if not (classes == _BASE).any():
       raise _fail(path, number, 'sequence has no A, C, G or T; expected a DNA sequence')
     if not spec.pad and len(sequence) != spec.length:
       raise _fail(path, number, f'sequence of {len(sequence)} bp; expected '
@@ -170,8 +177,8 @@ def _parse_targets(path: str, column: Sequence[bytes], name: str) -> np.ndarray:
   try:
     values = np.array(column, dtype=object).astype(np.float64)
   except ValueError:
-    values = np.array([dream_data._parse_number(t) if t else None  # pylint: disable=protected-access
-                       for t in column], dtype=np.float64)
+    values = np.array([_parse_number(t) if t else None for t in column],
+                      dtype=np.float64)
   bad = np.flatnonzero(~np.isfinite(values))
   if bad.size:
     row = int(bad[0])

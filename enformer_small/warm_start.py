@@ -1,4 +1,4 @@
-"""Warm start: a fresh model takes the trunk (and what fits of the heads) of a trained one.
+"""Warm start: a fresh model takes the trunk (and what fits of the heads) of another.
 
 The source is this project's checkpoint (`.npz`, `checkpoint.save_checkpoint`: the
 evaluated parameters and BatchNorm state, i.e. the Polyak average and re-estimated
@@ -129,7 +129,7 @@ def _tf_source_config(variables: Mapping[str, np.ndarray],
 
 
 def read_source(path: str, config: EnformerConfig) -> Tuple[Tree, Tree]:
-  """(params, state) of a checkpoint `.npz` or a TF/Sonnet checkpoint for `config`'s trunk.
+  """(params, state) of a `.npz` or a TF/Sonnet checkpoint, for `config`'s trunk.
 
   Raises:
     WarmStartError: unreadable or missing path.
