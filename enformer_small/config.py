@@ -106,6 +106,17 @@ class EnformerConfig:
         self, heads=tuple((name, num_bins) for name, _ in self.heads),
         head_kind='soft_bins')
 
+  def with_outputs(self, num_outputs: int) -> 'EnformerConfig':
+    """Every head with `num_outputs` channels: one per target column of a table.
+
+    The seed's head Linear(576 -> 1) becomes Linear(576 -> n): 1,995,617 + (n - 1) x 577
+    parameters at 85 bp, 1,995,809 + (n - 1) x 769 at 110 bp.
+    """
+    if num_outputs < 1:
+      raise ValueError(f'num_outputs must be >= 1, got {num_outputs}')
+    return dataclasses.replace(
+        self, heads=tuple((name, num_outputs) for name, _ in self.heads))
+
   def without_dropout(self) -> 'EnformerConfig':
     """The same model with every dropout rate zero (training-mode BatchNorm only)."""
     return dataclasses.replace(

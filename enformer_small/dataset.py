@@ -290,7 +290,10 @@ class _WindowEncoder:
                config: PipelineConfig, shifts: Sequence[int],
                local_device_count: int):
     self.codes = _as_tensor(codes)
+    # [N, T] targets of several columns stay 2-D; one target is read as [N].
+    self.multi_target = expression is not None and np.ndim(expression) == 2
     self.expression = (None if expression is None else
+                       _as_tensor(expression) if self.multi_target else
                        tf.reshape(_as_tensor(expression), [-1]))
     self.crop_start = config.crop_start
     self.crop_length = config.crop_length
@@ -331,8 +334,9 @@ class _WindowEncoder:
     return tf.one_hot(window, NUM_BASES, dtype=self.dtype)
 
   def targets(self, rows: tf.Tensor) -> tf.Tensor:
-    """float32 [B, 1] expression of the rows."""
-    return tf.gather(self.expression, rows)[:, None]
+    """float32 [B, T] targets of the rows (T = 1 for one target)."""
+    targets = tf.gather(self.expression, rows)
+    return targets if self.multi_target else targets[:, None]
 
   def per_device(self, x: tf.Tensor) -> tf.Tensor:
     """[B, ...] -> [devices, B / devices, ...]."""

@@ -12,17 +12,47 @@ from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
 
 
+ROOT = 'enformer/~/'
+
+
 def make_model(config: EnformerConfig,
-               cross_replica_axis: Optional[str] = None) -> hk.TransformedWithState:
+               cross_replica_axis: Optional[str] = None,
+               frozen: Tuple[str, ...] = ()) -> hk.TransformedWithState:
   """`init(rng, inputs, is_training)` / `apply(params, state, rng, inputs, is_training)`.
 
   Initialise with `is_training=True`: Haiku's BatchNorm creates its moving averages only
-  on a training-mode call.
+  on a training-mode call. `frozen`: module paths (`is_frozen`) whose BatchNorms run in
+  eval mode even in training: a frozen part normalises with the averages it was trained
+  with, and never moves them.
   """
   def forward(inputs, is_training):
-    return enformer.Enformer(config, cross_replica_axis=cross_replica_axis)(
-        inputs, is_training=is_training)
+    module = enformer.Enformer(config, cross_replica_axis=cross_replica_axis)
+    if not frozen:
+      return module(inputs, is_training=is_training)
+    with hk.intercept_methods(_frozen_batch_norm_interceptor(frozen)):
+      return module(inputs, is_training=is_training)
   return hk.transform_with_state(forward)
+
+
+def is_frozen(module_name: str, frozen: Tuple[str, ...]) -> bool:
+  """Whether a Haiku module lies in one of the `frozen` parts.
+
+  Parts are paths below the root, as the parameters name them without `enformer/~/`:
+  'trunk' (all of it), 'trunk/~/stem', 'trunk/~/conv_tower', 'trunk/~/transformer', ...
+  """
+  if not module_name.startswith(ROOT):
+    return False
+  path = module_name[len(ROOT):]
+  return any(path == part or path.startswith(part + '/') for part in frozen)
+
+
+def _frozen_batch_norm_interceptor(frozen: Tuple[str, ...]):
+  def interceptor(method, args, kwargs, context):
+    if (isinstance(context.module, hk.BatchNorm) and context.method_name == '__call__'
+        and is_frozen(context.module.module_name, frozen)):
+      kwargs = dict(kwargs, is_training=False)
+    return method(*args, **kwargs)
+  return interceptor
 
 
 def init(config: EnformerConfig, rng: jax.Array, batch_size: int = 1
@@ -47,6 +77,11 @@ def head_predictions(config: EnformerConfig, output: jnp.ndarray) -> jnp.ndarray
   if config.head_kind == 'soft_bins':
     return recipe_lib.soft_bin_expectation(output)
   return output
+
+
+def num_outputs(config: EnformerConfig, head: str = 'yeast') -> int:
+  """Predictions per sequence: one of a soft-bin head, else one per channel."""
+  return 1 if config.head_kind == 'soft_bins' else config.head_channels[head]
 
 
 def predict_fn(config: EnformerConfig, head: str = 'yeast'):

@@ -73,6 +73,13 @@ class Recipe:
       soft-bin targets with a KL loss; needs the soft-bin head,
       `EnformerConfig.with_soft_bin_head`).
     soft_bin_sigma: standard deviation of the soft-bin target distribution.
+    freeze: parts of the model that never change (`model.is_frozen` paths below the
+      root, e.g. 'trunk', 'trunk/~/stem'): their parameters get zero updates
+      (`optax.multi_transform`) and their BatchNorms run in eval mode.
+    head_learning_rate: the heads' own learning rate (peak, with a schedule); 0: the
+      trunk's.
+    head_only_fraction: two-phase fine-tuning: over this share of the steps only the
+      heads move (the trunk's updates are zero), then everything does.
   """
   optimizer: str = 'sgd'
   learning_rate: float = 0.01
@@ -96,8 +103,12 @@ class Recipe:
   early_stopping_patience: int = 0
   loss: str = 'poisson'
   soft_bin_sigma: float = 0.5
+  freeze: Tuple[str, ...] = ()
+  head_learning_rate: float = 0.0
+  head_only_fraction: float = 0.0
 
   def __post_init__(self):
+    object.__setattr__(self, 'freeze', tuple(self.freeze))
     for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES),
                           ('loss', LOSSES)):
       if getattr(self, name) not in allowed:
@@ -115,7 +126,9 @@ class Recipe:
         ('plasmid_context', self.plasmid_context >= 0),
         ('bn_recalibration_batches', self.bn_recalibration_batches >= 0),
         ('early_stopping_patience', self.early_stopping_patience >= 0),
-        ('soft_bin_sigma', self.soft_bin_sigma > 0))
+        ('soft_bin_sigma', self.soft_bin_sigma > 0),
+        ('head_learning_rate', self.head_learning_rate >= 0),
+        ('head_only_fraction', 0 <= self.head_only_fraction < 1))
     bad = [name for name, ok in checks if not ok]
     if bad:
       raise ValueError('out of range: ' + ', '.join(
@@ -124,7 +137,12 @@ class Recipe:
   @property
   def uses_schedule_length(self) -> bool:
     """Whether the learning rate depends on the total number of steps."""
-    return self.schedule != 'constant'
+    return self.schedule != 'constant' or self.head_only_fraction > 0
+
+  @property
+  def uses_parameter_groups(self) -> bool:
+    """Whether parts of the model are trained differently (`parameter_groups`)."""
+    return bool(self.freeze or self.head_learning_rate or self.head_only_fraction)
 
 
 def learning_rate_schedule(recipe: Recipe, total_steps: int) -> Callable[[Any], Any]:
@@ -161,12 +179,15 @@ class EmaState(NamedTuple):
   ema: Any
 
 
-def with_parameter_ema(inner: optax.GradientTransformation,
-                       decay: float) -> optax.GradientTransformation:
+def with_parameter_ema(inner: optax.GradientTransformation, decay: float,
+                       exact_when_equal: bool = False) -> optax.GradientTransformation:
   """`inner`, also keeping an exponential moving average of the updated parameters.
 
   Must come last: the average is of `params + updates`, the parameters the step
   produces. Kept in the optimizer state, so that checkpoints and resuming carry it.
+  exact_when_equal: where the average equals the parameter it stays as it is (the
+  formula can round it off by an ulp), so the average of a frozen parameter is exactly
+  that parameter.
   """
   def init(params):
     return EmaState(inner=inner.init(params),
@@ -175,8 +196,10 @@ def with_parameter_ema(inner: optax.GradientTransformation,
   def update(updates, state, params=None):
     updates, inner_state = inner.update(updates, state.inner, params)
     new_params = optax.apply_updates(params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
-                                 state.ema, new_params)
+    def average(e, p):
+      mixed = decay * e + (1.0 - decay) * p
+      return jnp.where(e == p, e, mixed) if exact_when_equal else mixed
+    ema = jax.tree_util.tree_map(average, state.ema, new_params)
     return updates, EmaState(inner=inner_state, ema=ema)
 
   return optax.GradientTransformation(init, update)
@@ -187,15 +210,43 @@ def ema_params(opt_state: Any) -> Optional[Any]:
   return opt_state.ema if isinstance(opt_state, EmaState) else None
 
 
-def make_optimizer(recipe: Recipe = Recipe(),
-                   total_steps: int = 0) -> optax.GradientTransformation:
-  """The recipe's optax optimizer; `Recipe()` gives `optax.sgd(0.01, momentum=0.9)`.
+HEAD_PREFIX = 'enformer/~/head_'
+FROZEN, HEAD, TRUNK = 'frozen', 'head', 'trunk'
 
-  Args:
-    recipe: the recipe.
-    total_steps: steps of the whole run (the schedule's length); only schedules other
-      than 'constant' use it.
+
+def parameter_group(module: str, freeze: Sequence[str]) -> str:
+  """FROZEN, HEAD or TRUNK (everything else) for a Haiku module name."""
+  from enformer_small import model  # model imports this module.
+  if model.is_frozen(module, tuple(freeze)):
+    return FROZEN
+  return HEAD if module.startswith(HEAD_PREFIX) else TRUNK
+
+
+def parameter_groups(recipe: Recipe,
+                     total_steps: int) -> optax.GradientTransformation:
+  """Frozen parts get zero updates, heads their own rate, the trunk waits for phase 2.
+
+  Each group has its own copy of the recipe's optimizer (its own moments); a zero
+  update leaves a parameter bit for bit as it was.
   """
+  head_recipe = (dataclasses.replace(recipe, learning_rate=recipe.head_learning_rate)
+                 if recipe.head_learning_rate else recipe)
+  trunk = _base_optimizer(recipe, total_steps)
+  if recipe.head_only_fraction:
+    first = int(round(recipe.head_only_fraction * total_steps))
+    # After the optimizer, so that its weight decay waits too.
+    trunk = optax.chain(trunk, optax.scale_by_schedule(
+        lambda count: jnp.where(count < first, 0.0, 1.0)))
+
+  def labels(params):
+    return {module: {name: parameter_group(module, recipe.freeze) for name in values}
+            for module, values in params.items()}
+  return optax.multi_transform(
+      {FROZEN: optax.set_to_zero(), HEAD: _base_optimizer(head_recipe, total_steps),
+       TRUNK: trunk}, labels)
+
+
+def _base_optimizer(recipe: Recipe, total_steps: int) -> optax.GradientTransformation:
   lr = (recipe.learning_rate if recipe.schedule == 'constant' else
         learning_rate_schedule(recipe, total_steps))
   if recipe.optimizer == 'sgd':
@@ -206,11 +257,26 @@ def make_optimizer(recipe: Recipe = Recipe(),
   else:
     optimizer = optax.adamw(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps,
                             weight_decay=recipe.weight_decay, mask=decay_mask)
+  return optimizer
+
+
+def make_optimizer(recipe: Recipe = Recipe(),
+                   total_steps: int = 0) -> optax.GradientTransformation:
+  """The recipe's optax optimizer; `Recipe()` gives `optax.sgd(0.01, momentum=0.9)`.
+
+  Args:
+    recipe: the recipe.
+    total_steps: steps of the whole run (the schedule's length); only schedules other
+      than 'constant' and the two-phase recipe use it.
+  """
+  optimizer = (parameter_groups(recipe, total_steps) if recipe.uses_parameter_groups
+               else _base_optimizer(recipe, total_steps))
   if recipe.clip_global_norm > 0:
     optimizer = optax.chain(optax.clip_by_global_norm(recipe.clip_global_norm),
                             optimizer)
   if recipe.ema_decay > 0:
-    optimizer = with_parameter_ema(optimizer, recipe.ema_decay)
+    optimizer = with_parameter_ema(optimizer, recipe.ema_decay,
+                                   exact_when_equal=recipe.uses_parameter_groups)
   return optimizer
 
 

@@ -106,7 +106,8 @@ def make_train_step(model_config: EnformerConfig,
                     donate: bool = True,
                     return_predictions: bool = False,
                     loss: str = 'poisson',
-                    soft_bin_sigma: float = 0.5
+                    soft_bin_sigma: float = 0.5,
+                    frozen: Tuple[str, ...] = ()
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """A pmapped `train_step(train_state, batch) -> (train_state, metrics)`.
 
@@ -120,9 +121,15 @@ def make_train_step(model_config: EnformerConfig,
 
   loss: 'poisson' (the seed's), 'mse', or 'soft_bin' (KL against LegNet's soft-bin
   targets of width `soft_bin_sigma`; needs a soft-bin head). Predictions are the
-  head's output, or for a soft-bin head the expectation over its bins.
+  head's output, or for a soft-bin head the expectation over its bins. With several
+  outputs (`model.num_outputs`), targets are [D, B, T] and the returned predictions
+  and targets [D, B, T].
+
+  frozen: parts whose BatchNorms run in eval mode (`model.make_model`); the optimizer
+  is what keeps their parameters (`recipe.make_optimizer`).
   """
-  model = make_model(model_config, cross_replica_axis=axis_name)
+  model = make_model(model_config, cross_replica_axis=axis_name, frozen=frozen)
+  single = model_lib.num_outputs(model_config, head) == 1
   objective = _objective(model_config, loss, soft_bin_sigma)
 
   def loss_fn(params, state, rng, inputs, targets):
@@ -148,8 +155,8 @@ def make_train_step(model_config: EnformerConfig,
     metrics = jax.lax.pmean(_regression_metrics(predictions, targets, loss),
                             axis_name)
     if return_predictions:
-      metrics['predictions'] = predictions[..., 0]
-      metrics['targets'] = targets[..., 0]
+      metrics['predictions'] = predictions[..., 0] if single else predictions
+      metrics['targets'] = targets[..., 0] if single else targets
     new_train_state = TrainState(params=params, state=new_state, opt_state=opt_state,
                                  rng=rng, step=train_state.step + 1)
     return new_train_state, metrics
@@ -183,15 +190,19 @@ def make_eval_step(model_config: EnformerConfig,
                    ) -> Callable[[hk.Params, hk.State, jnp.ndarray], jnp.ndarray]:
   """A pmapped `eval_step(params, state, inputs [D, B, L, 4]) -> predictions [D, B]`.
 
-  Eval mode: BatchNorm uses its moving averages, dropout is off.
+  Eval mode: BatchNorm uses its moving averages, dropout is off. With several outputs
+  (`model.num_outputs`) the predictions are [D, B, T].
   """
   model = make_model(model_config)
+  single = model_lib.num_outputs(model_config, head) == 1
 
   def eval_step(params, state, inputs):
     with mixed_precision(compute_dtype):
       outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
                                is_training=False)
-    return model_lib.head_predictions(model_config, outputs[head].astype(jnp.float32))[..., 0]
+    predictions = model_lib.head_predictions(model_config,
+                                             outputs[head].astype(jnp.float32))
+    return predictions[..., 0] if single else predictions
 
   return jax.pmap(eval_step, axis_name=axis_name)
 
@@ -199,18 +210,20 @@ def make_eval_step(model_config: EnformerConfig,
 def make_batch_stats_step(model_config: EnformerConfig,
                           *,
                           axis_name: str = AXIS_NAME,
-                          compute_dtype: Any = jnp.float32
+                          compute_dtype: Any = jnp.float32,
+                          frozen: Tuple[str, ...] = ()
                           ) -> Callable[[hk.Params, hk.State, jnp.ndarray], hk.State]:
   """A pmapped `stats_step(params, state, inputs [D, B, L, 4]) -> state`.
 
   A training-mode forward pass without dropout whose returned BatchNorm state holds
   the batch's own statistics as its averages (moving-average decay 0: Haiku's
   zero-debiased average of one value is that value), averaged over devices as in
-  training. For `recalibrate_batch_norm`.
+  training. For `recalibrate_batch_norm`. BatchNorms of `frozen` parts run in eval mode
+  and return their state as it was (`recalibrate_batch_norm(frozen=...)` keeps it).
   """
   stats_config = dataclasses.replace(model_config.without_dropout(),
                                      batch_norm_decay=0.0)
-  model = make_model(stats_config, cross_replica_axis=axis_name)
+  model = make_model(stats_config, cross_replica_axis=axis_name, frozen=frozen)
 
   def stats_step(params, state, inputs):
     with mixed_precision(compute_dtype):
@@ -222,7 +235,8 @@ def make_batch_stats_step(model_config: EnformerConfig,
 
 
 def recalibrate_batch_norm(stats_step, params: hk.Params, state: hk.State,
-                           batches: Iterable[jax.Array]) -> hk.State:
+                           batches: Iterable[jax.Array],
+                           frozen: Tuple[str, ...] = ()) -> hk.State:
   """BatchNorm averages re-estimated as the mean of batch statistics.
 
   Args:
@@ -233,7 +247,8 @@ def recalibrate_batch_norm(stats_step, params: hk.Params, state: hk.State,
   Returns:
     The replicated state with each 'average' (BatchNorm mean and variance) replaced
     by the mean over the batches of that batch's training-mode statistic; counters and
-    hidden values as they were (eval mode reads only the averages).
+    hidden values as they were (eval mode reads only the averages), and so is all of
+    the state of `frozen` parts (`model.is_frozen`).
   """
   total, count = None, 0
   for inputs in batches:
@@ -242,7 +257,9 @@ def recalibrate_batch_norm(stats_step, params: hk.Params, state: hk.State,
     count += 1
   if count == 0:
     raise ValueError('recalibrate_batch_norm needs at least one batch')
-  return {module: {name: (total[module][name] / count if name == 'average' else value)
+  return {module: {name: (total[module][name] / count
+                          if name == 'average' and not model_lib.is_frozen(module, frozen)
+                          else value)
                    for name, value in values.items()}
           for module, values in state.items()}
 

@@ -70,6 +70,7 @@ from experiments import _runtime
 from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
+from enformer_small import model as model_lib
 from enformer_small import training
 
 FLAGS = flags.FLAGS
@@ -251,6 +252,10 @@ def run(argv_unused=None) -> Dict[str, object]:
   if bool(FLAGS.subsets_dir) != bool(FLAGS.public_dir):
     raise PredictError('--subsets_dir and --public_dir go together')
   ckpt = checkpoint_lib.load_checkpoint(FLAGS.checkpoint)
+  outputs = model_lib.num_outputs(ckpt.model_config)
+  if outputs > 1:  # One value per sequence is what every output file here holds.
+    raise PredictError(f'{FLAGS.checkpoint}: the model has {outputs} outputs (several '
+                       'target columns); predict writes one value per sequence')
   table = read_table(FLAGS.input)
   sequences, measured, codes = table.sequences, table.values, table.codes
   indices = (read_indices(FLAGS.indices_json, len(sequences)) if FLAGS.indices_json

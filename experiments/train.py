@@ -22,6 +22,11 @@ BatchNorm averages re-estimated without dropout before each evaluation
 LegNet's soft-bin targets (--loss=mse | soft_bin; soft_bin trains the seed model with an
 18-bin head, 2,005,426 parameters at 85 bp).
 
+Own data and a head start (README.md, "Your own data and a head start"): --table_file
+with --target_columns (one model output per target, held-out metrics per target),
+--init_checkpoint (the trunk of a trained or converted model; the head where it fits),
+--freeze, --head_learning_rate and --head_only_fraction (a two-phase recipe).
+
 A run directory (--run_dir) receives, from process 0 only:
   metrics.jsonl              one JSON object per epoch: train and held-out loss, MSE, MAE,
                              Pearson, Spearman, learning rate, seq/s, seconds
@@ -115,13 +120,14 @@ CONFIG_FILE = 'train_config.json'
 # Fields of TrainConfig that may differ between the processes of a multi-host job
 # (paths; the data are compared by content).
 PER_PROCESS_FIELDS = frozenset({'run_dir', 'train_file', 'synthetic_dir',
-                                'data_cache_dir'})
+                                'data_cache_dir', 'table_file', 'init_checkpoint'})
 
 # Fields of TrainConfig that may change when a run is resumed: they do not change what
 # is computed (or only extend it, num_epochs, unless a schedule spans the run).
 RESUMABLE_CHANGES = frozenset({
     'run_dir', 'train_file', 'num_epochs', 'keep_checkpoints', 'eval_batch_size',
-    'data_cache_dir', 'synthetic_dir', 'debug_nan_at_step'})
+    'data_cache_dir', 'synthetic_dir', 'debug_nan_at_step', 'table_file',
+    'init_checkpoint'})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +157,33 @@ class TrainConfig(recipe_lib.Recipe):
   compute_dtype: str = 'float32'
   keep_checkpoints: int = 3
   debug_nan_at_step: int = -1        # tests only: NaN targets at this global step
+  # Own data (tables.py): used instead of the DREAM file when table_file is set.
+  table_file: str = ''
+  sequence_column: str = 'sequence'
+  target_columns: Tuple[str, ...] = ()
+  sequence_length: int = 0
+  pad_sequences: bool = False
+  init_checkpoint: str = ''          # warm start (warm_start.py) of a new run
 
   def __post_init__(self):
     super().__post_init__()
     object.__setattr__(self, 'shifts', tuple(int(s) for s in self.shifts))
+    object.__setattr__(self, 'target_columns', tuple(self.target_columns))
+    if self.table_file:
+      if not self.target_columns or self.sequence_length < 1:
+        raise ValueError('--table_file needs --target_columns and --sequence_length')
+      if self.plasmid_context:
+        raise ValueError('--plasmid_context applies to DREAM rows, not to a table')
+      if self.loss == 'soft_bin' and len(self.target_columns) > 1:
+        raise ValueError('--loss=soft_bin predicts one target; use poisson or mse '
+                         f'for {len(self.target_columns)} target columns')
+
+  @property
+  def table_spec(self):
+    from enformer_small import tables
+    return tables.TableSpec(target_columns=self.target_columns,
+                            sequence_column=self.sequence_column,
+                            length=self.sequence_length, pad=self.pad_sequences)
 
   @property
   def recipe(self) -> recipe_lib.Recipe:
@@ -163,6 +192,8 @@ class TrainConfig(recipe_lib.Recipe):
   @property
   def row_length(self) -> int:
     """Codes per row the windows are cut from: the construct and its plasmid context."""
+    if self.table_file:
+      return self.sequence_length
     return dream_data.SEQUENCE_LENGTH + 2 * self.plasmid_context
 
   @property
@@ -170,6 +201,8 @@ class TrainConfig(recipe_lib.Recipe):
     """First position of the unshifted window in a row of `row_length` codes."""
     if self.crop_start >= 0:
       return self.crop_start
+    if self.table_file:  # Centred; shifts move it either way.
+      return (self.sequence_length - self.input_length) // 2
     return plasmid.default_window_start(self.input_length, self.plasmid_context)
 
   def to_json_dict(self) -> Dict[str, Any]:
@@ -245,6 +278,8 @@ def ensure_synthetic_file(config: TrainConfig, log: Callable[[str], None]) -> st
 
 
 def train_file_path(config: TrainConfig) -> str:
+  if config.table_file:
+    return config.table_file
   return synthetic_path(config) if config.synthetic_rows > 0 else config.train_file
 
 
@@ -312,16 +347,17 @@ def _shard_count() -> int:
   return jax.process_count() * jax.local_device_count()
 
 
-def _gather_batches(x: np.ndarray) -> np.ndarray:
+def _gather_batches(x: np.ndarray, per_target: bool = False) -> np.ndarray:
   """This process's [batches, B] slices of global batches -> [batches * G] over all.
 
   Process p holds columns [p*B, (p+1)*B) of each global batch (dataset.py), so the
-  result is in the order a single process would see.
+  result is in the order a single process would see. per_target: a last axis of
+  targets rides along ([batches, B, T] -> [batches * G, T]).
   """
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     x = np.swapaxes(np.asarray(multihost_utils.process_allgather(x)), 0, 1)
-  return x.reshape(-1)
+  return x.reshape((-1,) + (x.shape[-1:] if per_target else ()))
 
 
 def _check_processes_agree(**values: int) -> None:
@@ -365,6 +401,20 @@ def summarise(pred: np.ndarray, target: np.ndarray,
     out = dict(loss=out['mse'], **out)
   out['n'] = int(pred.shape[0])
   return out
+
+
+def summarise_targets(pred: np.ndarray, target: np.ndarray,
+                      config: TrainConfig) -> Dict[str, Any]:
+  """`summarise` of one target; of several, the mean over targets of each metric (the
+  best epoch is the best mean Pearson) and each target's own under 'per_target'."""
+  if pred.ndim == 1:
+    return summarise(pred, target, config.loss)
+  per_target = {name: summarise(pred[:, i], target[:, i], config.loss)
+                for i, name in enumerate(config.target_columns)}
+  first = next(iter(per_target.values()))
+  out = {key: float(np.mean([m[key] for m in per_target.values()]))
+         for key in first if key != 'n'}
+  return dict(out, n=first['n'], per_target=per_target)
 
 
 # ---------------------------------------------------------------------------
@@ -491,21 +541,27 @@ def load_data(config: TrainConfig, log: Callable[[str], None]) -> RunData:
   """Reads (or first generates) the training file and splits off the held-out rows."""
   from enformer_small import dataset  # TensorFlow takes seconds to import.
   path = train_file_path(config)
-  if config.synthetic_rows > 0:
+  if config.synthetic_rows > 0 and not config.table_file:
     path = ensure_synthetic_file(config, log)
-  if not os.path.exists(path):
+  if not config.table_file and not os.path.exists(path):
     raise TrainingError(missing_train_file_message(path))
   started = time.perf_counter()
-  data = dream_data.read_dream_file(path, cache_dir=config.data_cache_dir)
+  if config.table_file:
+    from enformer_small import tables
+    data = tables.read_table(path, config.table_spec, cache_dir=config.data_cache_dir)
+  else:
+    data = dream_data.read_dream_file(path, cache_dir=config.data_cache_dir)
   check_holdout(path, len(data), config.num_holdout)
   train_rows, holdout_rows = dream_data.holdout_split(len(data), config.num_holdout,
                                                       config.split_seed)
-  noise_ceiling = holdout_noise_ceiling(config, data, holdout_rows)
+  noise_ceiling = (None if config.table_file else
+                   holdout_noise_ceiling(config, data, holdout_rows))
   log(f'data: {path}: {len(data):,} rows ({len(train_rows):,} train, '
       f'{len(holdout_rows):,} held out) read in {time.perf_counter() - started:.1f} s'
       + (f'; held-out noise ceiling {noise_ceiling:.4f}' if noise_ceiling else ''))
-  data_id = dict(source=path, num_rows=len(data),
-                 content_hash=getattr(data.report, 'content_hash', None) or None)
+  data_id = dict(source=path, num_rows=len(data), content_hash=(
+      getattr(data, 'content_hash', None) or
+      getattr(getattr(data, 'report', None), 'content_hash', None) or None))
   return RunData(path=path, rows=dataset.with_plasmid_context(data, config.plasmid_context),
                  train_rows=train_rows, holdout_rows=holdout_rows,
                  noise_ceiling=noise_ceiling, data_id=data_id)
@@ -548,6 +604,8 @@ def model_config_for(config: TrainConfig) -> config_lib.EnformerConfig:
     model_config = model_config.without_dropout()
   if config.loss == 'soft_bin':
     model_config = model_config.with_soft_bin_head(recipe_lib.NUM_SOFT_BINS)
+  if len(config.target_columns) > 1:
+    model_config = model_config.with_outputs(len(config.target_columns))
   return model_config
 
 
@@ -644,7 +702,10 @@ def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData,
       for name in os.listdir(config.run_dir):
         if name.startswith(summaries.EVENT_FILE_PREFIX):
           os.remove(os.path.join(config.run_dir, name))
-    return _fresh_start(config, plan), [], 0, None
+    host_state = _fresh_start(config, plan)
+    if config.init_checkpoint:
+      host_state = warm_start(config, plan, host_state, log)
+    return host_state, [], 0, None
   template = jax.eval_shape(lambda: training.init_train_state(
       plan.model_config, plan.optimizer, jax.random.PRNGKey(0)).opt_state)
   restored = _load_for_resume(checkpointer, config, template, warn)
@@ -671,9 +732,30 @@ def start_or_resume(config: TrainConfig, plan: Plan, run_data: RunData,
   return host_state, [dict(r) for r in ckpt.metrics], ckpt.epoch, restored.progress
 
 
+def warm_start(config: TrainConfig, plan: Plan, host_state: training.TrainState,
+               log: Callable[[str], None]) -> training.TrainState:
+  """The fresh state with what fits of --init_checkpoint, its optimizer state new."""
+  from enformer_small import warm_start as warm_start_lib
+  source_params, source_state = warm_start_lib.read_source(config.init_checkpoint,
+                                                           plan.model_config)
+  params, state, report = warm_start_lib.merge(
+      host_state.params, host_state.state, source_params, source_state,
+      source=config.init_checkpoint)
+  for line in report.lines():
+    log(line)
+  return host_state._replace(params=params, state=state,
+                             opt_state=jax.device_get(plan.optimizer.init(params)))
+
+
 def describe_model(config: TrainConfig, model_config, num_params: int) -> str:
   head = (f', soft-bin head ({recipe_lib.NUM_SOFT_BINS} bins)'
           if model_config.head_kind == 'soft_bins' else '')
+  outputs = model_lib.num_outputs(model_config)
+  if outputs > 1:
+    head += f', {outputs} outputs ({", ".join(config.target_columns)})'
+  if config.freeze:
+    head += f', frozen: {", ".join(config.freeze)}'
+
   return (f'seed Enformer at {config.input_length} bp'
           f'{"" if config.dropout else " without dropout"}{head}, {num_params:,} '
           'parameters')
@@ -714,7 +796,8 @@ def build_steps(config: TrainConfig, plan: Plan, train_state: training.TrainStat
   dtype = jnp.dtype(config.compute_dtype)
   example = training.shard_batch({
       'inputs': np.zeros((devices, per_device, config.input_length, 4), INPUT_DTYPE),
-      'targets': np.zeros((devices, per_device, 1), np.float32)})
+      'targets': np.zeros((devices, per_device, max(1, len(config.target_columns))),
+                          np.float32)})
   eval_inputs = training.shard_batch(np.zeros(
       (devices, per_device_eval, config.input_length, 4), INPUT_DTYPE))
   key = (plan.model_config, dtype.name)
@@ -722,16 +805,17 @@ def build_steps(config: TrainConfig, plan: Plan, train_state: training.TrainStat
       'train', key + (config.recipe, plan.total_steps),
       lambda: training.make_train_step(
           plan.model_config, plan.optimizer, compute_dtype=dtype, return_predictions=True,
-          loss=config.loss, soft_bin_sigma=config.soft_bin_sigma),
+          loss=config.loss, soft_bin_sigma=config.soft_bin_sigma, frozen=config.freeze),
       train_state, example)
   eval_step = _compiled('eval', key, lambda: training.make_eval_step(
       plan.model_config, compute_dtype=dtype), train_state.params, train_state.state,
                         eval_inputs)
   batch_stats = None
   if config.bn_recalibration_batches:
-    batch_stats = _compiled('batch_stats', key, lambda: training.make_batch_stats_step(
-        plan.model_config, compute_dtype=dtype), train_state.params, train_state.state,
-                            example['inputs'])
+    batch_stats = _compiled('batch_stats', key + (config.freeze,),
+                            lambda: training.make_batch_stats_step(
+        plan.model_config, compute_dtype=dtype, frozen=config.freeze), train_state.params,
+                            train_state.state, example['inputs'])
   return Steps(train=train_step, eval=eval_step, batch_stats=batch_stats)
 
 
@@ -808,7 +892,14 @@ def _epoch_batches(run: Run, epoch: int, start_step: int = 0
 
 def _local_steps(gathered: np.ndarray, steps: int) -> List[np.ndarray]:
   """This process's part of each step of `_gather_batches`' result, per step."""
-  return list(gathered.reshape(steps, jax.process_count(), -1)[:, jax.process_index()])
+  per_step = gathered.reshape((steps, jax.process_count(), -1) + gathered.shape[1:])
+  return list(per_step[:, jax.process_index()])
+
+
+def _per_row(x: Any, config: TrainConfig) -> np.ndarray:
+  """Device values [D, B(, T)] -> [D * B(, T)]: one row per example, T targets kept."""
+  x = np.asarray(x)
+  return x.reshape((-1,) + (x.shape[-1:] if len(config.target_columns) > 1 else ()))
 
 
 class _StepTracker:
@@ -851,8 +942,8 @@ class _StepTracker:
           f'{done} of {steps} (global step {self.epoch * steps + done}). Nothing since '
           f'the last checkpoint was saved; ' + _last_good(config.run_dir))
     run.where.step = self.epoch * steps + done
-    self.preds.append(np.asarray(metrics['predictions']).reshape(-1))
-    self.targets.append(np.asarray(metrics['targets']).reshape(-1))
+    self.preds.append(_per_row(metrics['predictions'], run.config))
+    self.targets.append(_per_row(metrics['targets'], run.config))
     if self.bar is not None:
       self.bar.update(config.batch_size)
       self.bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
@@ -879,7 +970,9 @@ class _StepTracker:
       self.bar.close()
 
   def gathered(self) -> Tuple[np.ndarray, np.ndarray]:
-    return (_gather_batches(np.stack(self.preds)), _gather_batches(np.stack(self.targets)))
+    multi = len(self.run.config.target_columns) > 1
+    return (_gather_batches(np.stack(self.preds), multi),
+            _gather_batches(np.stack(self.targets), multi))
 
 
 def train_epoch(run: Run, train_state: training.TrainState, epoch: int,
@@ -956,7 +1049,7 @@ def eval_variables(run: Run, train_state: training.TrainState, epoch: int):
                                run.config.bn_recalibration_batches)
     state = training.recalibrate_batch_norm(
         run.steps.batch_stats, params, state,
-        (training.shard_batch(b['inputs']) for b in batches))
+        (training.shard_batch(b['inputs']) for b in batches), frozen=run.config.freeze)
   return params, state
 
 
@@ -969,11 +1062,13 @@ def _holdout_pass(run: Run, params, state, reverse: bool):
       process_count=jax.process_count(), config=run.plan.pipeline,
       reverse_complement=reverse):
     out = np.asarray(run.steps.eval(params, state, training.shard_batch(batch['inputs'])))
-    preds.append(out.reshape(-1))
-    targets.append(batch['targets'].reshape(-1))
+    preds.append(_per_row(out, run.config))
+    targets.append(_per_row(batch['targets'], run.config))
     masks.append(batch['mask'].reshape(-1))
   # Padding is dropped after the gather: processes hold different numbers of rows.
-  preds, targets, masks = (_gather_batches(np.stack(x)) for x in (preds, targets, masks))
+  multi = len(run.config.target_columns) > 1
+  preds, targets = (_gather_batches(np.stack(x), multi) for x in (preds, targets))
+  masks = _gather_batches(np.stack(masks))
   return preds[masks], targets[masks]
 
 
@@ -1012,8 +1107,8 @@ def run_epoch(run: Run, train_state: training.TrainState, epoch: int,
   schedule = recipe_lib.learning_rate_schedule(run.config.recipe, run.plan.total_steps)
   record = dict(
       epoch=epoch + 1, step=int(host.step),
-      train=summarise(train_pred, train_target, run.config.recipe.loss),
-      holdout=summarise(holdout_pred, holdout_target, run.config.recipe.loss),
+      train=summarise_targets(train_pred, train_target, run.config),
+      holdout=summarise_targets(holdout_pred, holdout_target, run.config),
       learning_rate=float(schedule(max(int(host.step) - 1, 0))),
       train_seq_per_s=len(train_pred) / train_seconds,
       eval_seq_per_s=len(holdout_pred) / eval_seconds,
@@ -1087,10 +1182,13 @@ def save_epoch(run: Run, host: training.TrainState, evaluated, history, is_best:
 def _epoch_line(record: Dict[str, Any], num_epochs: int, is_best: bool) -> str:
   tr, ho = record['train'], record['holdout']
   loss = lambda m: f' loss {m["loss"]:.4f}' if 'loss' in m else ''
+  per_target = ''.join(f' {name} {m["pearson"]:.4f}'
+                       for name, m in ho.get('per_target', {}).items())
   return (f'epoch {record["epoch"]}/{num_epochs}: train{loss(tr)} r '
           f'{tr["pearson"]:.4f} | held-out{loss(ho)} mse {ho["mse"]:.3f} '
-          f'mae {ho["mae"]:.3f} r {ho["pearson"]:.4f} rho {ho["spearman"]:.4f} | '
-          f'{record["train_seq_per_s"]:.0f} seq/s, {record["epoch_seconds"]:.0f} s'
+          f'mae {ho["mae"]:.3f} r {ho["pearson"]:.4f} rho {ho["spearman"]:.4f}'
+          + (f' (r per target:{per_target})' if per_target else '') +
+          f' | {record["train_seq_per_s"]:.0f} seq/s, {record["epoch_seconds"]:.0f} s'
           + (' [best]' if is_best else ''))
 
 
@@ -1289,6 +1387,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        'within epochs (the best one is kept apart); 0: all.', **fv)
   flags.DEFINE_integer('debug_nan_at_step', d.debug_nan_at_step,
                        'Testing only: NaN targets at this 0-based global step.', **fv)
+  define_own_data_flags(flag_values)
   define_recipe_flags(flag_values)
   flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --run_dir.',
                     **fv)
@@ -1320,6 +1419,29 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_list('local_device_ids', None,
                     'GPUs this process drives, e.g. 0,1,2,3,4,5,6,7 (default: all; under '
                     'SLURM, JAX gives each task one GPU).', **fv)
+
+
+def define_own_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Own tables (tables.py) and warm starts (warm_start.py)."""
+  d = TrainConfig()
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('table_file', d.table_file,
+                      'Train on this table (tab- or comma-separated, plain or gzip, a '
+                      'header naming the columns) instead of --train_file.', **fv)
+  flags.DEFINE_string('sequence_column', d.sequence_column,
+                      '--table_file: the column of DNA sequences.', **fv)
+  flags.DEFINE_list('target_columns', list(d.target_columns),
+                    '--table_file: the target columns, one model output each.', **fv)
+  flags.DEFINE_integer('sequence_length', d.sequence_length,
+                       '--table_file: bp per row; every sequence must have it unless '
+                       '--pad_sequences.', **fv)
+  flags.DEFINE_bool('pad_sequences', d.pad_sequences,
+                    "--table_file: pad shorter sequences at the 3' end with N and "
+                    "truncate longer ones at the 3' end to --sequence_length.", **fv)
+  flags.DEFINE_string('init_checkpoint', d.init_checkpoint,
+                      'Warm start a new run: the trunk (and BatchNorm averages) from '
+                      "this project's .npz checkpoint or a TF/Sonnet checkpoint; the "
+                      'head where its shape fits, else re-initialised (logged).', **fv)
 
 
 def define_recipe_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -1379,11 +1501,22 @@ def define_recipe_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                     'and predicts the expectation).', **fv)
   flags.DEFINE_float('soft_bin_sigma', d.soft_bin_sigma,
                      'soft_bin: standard deviation of the target distribution.', **fv)
+  flags.DEFINE_list('freeze', list(d.freeze),
+                    'Parts that never change, as paths below enformer/~/: trunk, '
+                    'trunk/~/stem, trunk/~/conv_tower, trunk/~/transformer, ...; their '
+                    'BatchNorms run in eval mode.', **fv)
+  flags.DEFINE_float('head_learning_rate', d.head_learning_rate,
+                     "The heads' own learning rate (peak); 0: --learning_rate.", **fv)
+  flags.DEFINE_float('head_only_fraction', d.head_only_fraction,
+                     'Two-phase fine-tuning: only the heads train over this share of '
+                     'the steps, then everything.', **fv)
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
   fields = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
   fields['shifts'] = tuple(int(s) for s in fields['shifts'])
+  for name in ('freeze', 'target_columns'):
+    fields[name] = tuple(fields[name] or ())
   return TrainConfig(**fields)
 
 
@@ -1399,6 +1532,11 @@ def distributed_config_from_flags(
       coordinator_address=flag_values.coordinator_address,
       num_processes=flag_values.num_processes, process_id=flag_values.process_id,
       local_device_ids=ids)
+
+
+def warm_start_error() -> type:
+  from enformer_small import warm_start as warm_start_lib
+  return warm_start_lib.WarmStartError
 
 
 def _fail(message: str) -> None:
@@ -1456,7 +1594,8 @@ def main(argv):
   except ValueError as e:
     _fail(f'bad flags: {e}')
   # Before TensorFlow is imported: a missing file is reported at once.
-  if config.synthetic_rows <= 0 and not os.path.exists(config.train_file):
+  if (config.synthetic_rows <= 0 and not config.table_file and
+      not os.path.exists(config.train_file)):
     _fail(missing_train_file_message(config.train_file))
   progress = FLAGS.progress and sys.stderr.isatty()
   try:
@@ -1465,7 +1604,7 @@ def main(argv):
           save_every_minutes=FLAGS.save_every_minutes,
           tensorboard_every_steps=FLAGS.tensorboard_every_steps)
   except (TrainingError, dream_data.DreamDataError,
-          checkpoint_lib.CheckpointError) as e:
+          checkpoint_lib.CheckpointError, warm_start_error()) as e:
     _fail(str(e))
   except OSError as e:  # A disk filling up or a directory removed during the run.
     _fail(f'{e.filename or config.run_dir}: {e.strerror or e}. Files are written whole '
