@@ -430,3 +430,29 @@ def test_two_devices_give_the_same_update_as_one(tmp_path):
   assert len(moved) > 0.5 * sum(k.startswith('params:') for k in one.files)
   for key in one.files:
     np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_a_two_target_table_resumed_within_an_epoch_equals_the_uninterrupted_run(tmp_path):
+  """Saves within an epoch keep the per-target predictions ([rows, targets]) too."""
+  from enformer_small import synthetic
+  rows = synthetic.generate(synthetic.SyntheticConfig(num_rows=200, seed=3))
+  table = tmp_path / 'own.tsv'
+  table.write_text('sequence\tx\ty\n' + ''.join(
+      f'{s}\t{v}\t{17 - v}\n' for s, v in zip(rows.sequences(), rows.expression)))
+
+  def config(name, **overrides):
+    return train_lib.TrainConfig(
+        run_dir=str(tmp_path / name), table_file=str(table), target_columns=('x', 'y'),
+        sequence_length=110, pad_sequences=True, input_length=110, shifts=(0,),
+        dropout=False, batch_size=32, eval_batch_size=64, num_holdout=40, num_epochs=1, seed=5,
+        keep_checkpoints=2, data_cache_dir=str(tmp_path / 'cache'), **overrides)
+
+  whole = train_lib.train(config('whole'), verbose=False)
+  with pytest.raises(train_lib.NonFiniteError):
+    train_lib.train(config('within', debug_nan_at_step=3), save_every_minutes=1e-9,
+                    verbose=False)
+  restored = checkpointer.Checkpointer(tmp_path / 'within').restore_latest()
+  assert restored.progress.predictions.shape == (3 * 32, 2)
+  resumed = train_lib.train(config('within'), resume=True, verbose=False)
+  _assert_same_train_state(whole.train_state, resumed.train_state)
+  assert _without_timings(whole.history) == _without_timings(resumed.history)
