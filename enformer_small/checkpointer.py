@@ -194,12 +194,15 @@ class Checkpointer:
     step, path = int(metadata['step']), self.path(int(metadata['step']))
     checkpoint_lib.metadata_json(path, metadata)  # Fails here rather than in orbax.
     try:
-      self._open().save(step, args=ocp.args.Composite(
+      saved = self._open().save(step, args=ocp.args.Composite(
           arrays=ocp.args.StandardSave(_nest(arrays)), meta=ocp.args.JsonSave(metadata)))
       self._manager.wait_until_finished()
     except (OSError, ValueError) as e:
       raise checkpoint_lib.CheckpointError(
           f'{path}: could not write the checkpoint: {e}') from e
+    if not saved:  # Orbax declines, without an error, a step not after its newest.
+      raise checkpoint_lib.CheckpointError(
+          f'{path}: not saved: {self.path(self.steps()[-1])} is of a later step')
     return path
 
   def read(self, path: str, opt_state_template: Any = None) -> Restored:

@@ -406,3 +406,16 @@ def test_orbax_alone_reads_a_flipped_byte_as_wrong_numbers_the_crc_catches_it(tm
   np.testing.assert_array_equal(
       restored.checkpoint.params['enformer/~/trunk/~/conv']['w'],
       big['enformer/~/trunk/~/conv']['w'])
+
+
+def test_a_save_orbax_declines_is_an_error_not_silence(tmp_path):
+  """Orbax skips, without an error, a step not after its newest save."""
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=0)
+  fields = dict(params={'m': {'w': np.ones(2, np.float32)}}, state={},
+                model_config=config_lib.seed_config(85))
+  saver.save(step=5, **fields)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=f'{tmp_path}/checkpoints/4: not saved: '
+                           f'{tmp_path}/checkpoints/5 is of a later step'):
+    saver.save(step=4, **fields)
+  assert saver.steps() == [5]
