@@ -16,6 +16,12 @@ library); with `pad=True` shorter sequences are padded at the 3' end with
 `PAD_CODE` (all-zero one-hot columns) and longer ones truncated at the 3' end,
 as `dream_data` brings rows to 110 bp; the report counts both.
 
+Prediction input (`read_table(..., for_prediction=True)`, `experiments.predict`):
+a table in the layout a model was trained on, whose target columns, when all
+present, are the measured values; absent (all of them) the rows are predicted,
+not scored. Its sequences are kept as written, for the output, so it is parsed
+and not cached (read once, and the cache holds no text).
+
 Errors are `TableError`s naming `path:line: ` (1-based, the header is line 1):
 empty file, no data rows, a named column missing from the header, ragged rows
 (another number of fields than the header), empty or invalid sequences, wrong
@@ -33,7 +39,7 @@ import json
 import logging
 import os
 import pathlib
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,19 +85,21 @@ class TableData:
   """Encoded rows of a table.
 
   codes: uint8 [N, spec.length]; expression: float32 [N, T] targets in the order
-  of `spec.target_columns` (named as the pipeline reads DREAM rows); lengths:
-  int32 [N] sequence lengths before padding / truncation.
+  of `spec.target_columns` (named as the pipeline reads DREAM rows), None for a
+  prediction input without them; lengths: int32 [N] sequence lengths before
+  padding / truncation; sequences: a prediction input's sequences as written.
   """
   codes: np.ndarray
-  expression: np.ndarray
+  expression: Optional[np.ndarray]
   lengths: np.ndarray
   spec: TableSpec
   source: str
   content_hash: str
   from_cache: bool = False
+  sequences: Optional[Tuple[str, ...]] = None
 
   def __len__(self) -> int:
-    return int(self.expression.shape[0])
+    return int(self.lengths.shape[0])
 
   @property
   def num_padded(self) -> int:
@@ -118,16 +126,25 @@ def _split_lines(path: str, data: bytes) -> List[bytes]:
   return [line[:-1] if line.endswith(b'\r') else line for line in text.split(b'\n')]
 
 
-def _header(path: str, line: bytes, spec: TableSpec) -> Tuple[bytes, int, List[int]]:
-  """(separator, number of columns, [sequence column, target columns...] indices)."""
+def _header(path: str, line: bytes, spec: TableSpec,
+            targets_optional: bool) -> Tuple[bytes, int, List[int]]:
+  """(separator, number of columns, [sequence column, target columns...] indices).
+
+  targets_optional: a header with none of the target columns gives the sequence
+  column's index alone.
+  """
   separator = b'\t' if b'\t' in line else b','
   names = [f.strip().decode('latin-1') for f in line.split(separator)]
   wanted = (spec.sequence_column,) + spec.target_columns
+  if targets_optional and not set(spec.target_columns) & set(names):
+    wanted = wanted[:1]
   missing = [name for name in wanted if name not in names]
   if missing:
+    hint = (' (measured values are all the target columns or none of them)'
+            if targets_optional and spec.sequence_column not in missing else '')
     raise _fail(path, 1, f'missing column(s) {", ".join(map(repr, missing))} in the '
                 f'header; found columns {names} (separator '
-                f'{_separator_name(separator)})')
+                f'{_separator_name(separator)}){hint}')
   return separator, len(names), [names.index(name) for name in wanted]
 
 
@@ -188,21 +205,26 @@ def _parse_targets(path: str, column: Sequence[bytes], name: str) -> np.ndarray:
   return values
 
 
-def parse_table(path: str, data: bytes, spec: TableSpec) -> TableData:
-  """Validates and encodes a table's bytes (no cache)."""
+def parse_table(path: str, data: bytes, spec: TableSpec, *,
+                for_prediction: bool = False) -> TableData:
+  """Validates and encodes a table's bytes (no cache); `read_table`'s arguments."""
   lines = _split_lines(path, data)
-  separator, num_columns, indices = _header(path, lines[0], spec)
+  separator, num_columns, indices = _header(path, lines[0], spec, for_prediction)
   if len(lines) == 1:
     raise _fail(path, 2, 'no data rows after the header')
   sequences, *targets = _fields(path, lines[1:], separator, num_columns, indices)
   _check_sequences(path, sequences, spec)
-  expression = np.stack([_parse_targets(path, column, name) for column, name
-                         in zip(targets, spec.target_columns)], axis=1)
+  expression = None
+  if targets:
+    expression = np.stack([_parse_targets(path, column, name) for column, name
+                           in zip(targets, spec.target_columns)], axis=1)
+    expression = expression.astype(np.float32)
   return TableData(
-      codes=dream_data.encode_sequences(sequences, spec.length),
-      expression=expression.astype(np.float32),
+      codes=dream_data.encode_sequences(sequences, spec.length), expression=expression,
       lengths=np.array([len(s) for s in sequences], np.int32),
-      spec=spec, source=path, content_hash='')
+      spec=spec, source=path, content_hash='',
+      sequences=(tuple(s.decode('latin-1') for s in sequences) if for_prediction
+                 else None))
 
 
 def _cache_key(path: str, spec: TableSpec) -> str:
@@ -246,8 +268,11 @@ def _write_cache(entry: pathlib.Path, table: TableData) -> None:
 
 
 def read_table(path: str | os.PathLike, spec: TableSpec, *, cache_dir=None,
-               use_cache: bool = True) -> TableData:
+               use_cache: bool = True, for_prediction: bool = False) -> TableData:
   """Reads, validates and encodes a table, through the content-keyed cache.
+
+  for_prediction: a prediction input (module docstring): target columns optional,
+  `sequences` kept, no cache.
 
   Raises:
     TableError: a missing, unreadable or malformed file (`path:line: ...`).
@@ -258,7 +283,7 @@ def read_table(path: str | os.PathLike, spec: TableSpec, *, cache_dir=None,
                      f'the columns {(spec.sequence_column,) + spec.target_columns}')
   try:
     entry = None
-    if use_cache:
+    if use_cache and not for_prediction:
       root = pathlib.Path(cache_dir) if cache_dir else dream_data.default_cache_dir()
       entry = root / f'{_CACHE_FORMAT}-{_cache_key(path, spec)}'
       cached = _load_cache(entry, spec)
@@ -270,10 +295,11 @@ def read_table(path: str | os.PathLike, spec: TableSpec, *, cache_dir=None,
     raise TableError(f'{path}:1: corrupt gzip file ({e})') from None
   except OSError as e:
     raise TableError(f'{path}: cannot read the file ({e.strerror or e})') from None
-  table = parse_table(path, data, spec)
+  table = parse_table(path, data, spec, for_prediction=for_prediction)
   if entry is not None:
     _write_cache(entry, table)
     table = dataclasses.replace(table, content_hash=entry.name)
   for array in (table.codes, table.expression, table.lengths):
-    array.setflags(write=False)
+    if array is not None:
+      array.setflags(write=False)
   return table

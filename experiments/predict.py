@@ -1,4 +1,4 @@
-r"""Predicts expression for a DREAM-format file with any checkpoint of this project.
+r"""Predicts expression of DREAM rows or a table with any checkpoint of this project.
 
   python -m experiments.predict --checkpoint runs/demo/checkpoint_best.npz \
       --input ../shared/data/dream/test_71103_measured.tsv --output_tsv preds.tsv
@@ -11,6 +11,9 @@ r"""Predicts expression for a DREAM-format file with any checkpoint of this proj
   python -m experiments.predict --checkpoint ckpt.npz \
       --input $D/test_71103_measured.tsv --output_tsv preds.tsv \
       --subsets_dir $D/test_subsets --public_dir $D/public_leaderboard
+  # a model trained on your own table (train --table_file): a table in its layout
+  python -m experiments.predict --checkpoint runs/own/checkpoint_best.npz \
+      --input new_sequences.csv --output_tsv predictions.tsv
 
 Checkpoints: those written by experiments.train and those converted from the seed's
 TF/Sonnet model by experiments.convert (the same format, enformer_small.checkpoint).
@@ -23,10 +26,19 @@ letter, ...) is a `path:line:` error before anything is predicted or written. Se
 are encoded as in training: A/C/G/T -> 0..3, other letters -> N (an all-zero column),
 truncated or padded with N at the end to 110 bp.
 
-The model sees the window it was trained on: positions [s, s + L) of the 110 bp encoding,
-L = the checkpoint's model_config.input_length and s = the start recorded at training
-(`crop_start`), else `checkpoint.default_crop_start(L)` = (110 - L) * 3 // 5: 15 for 85 bp
-(the seed's X[:, 15:100]), 0 for 110 bp. Rows go through in input order, in batches of
+A checkpoint trained on a table (train --table_file; its recorded flags name the
+layout) reads --input as a table in that layout, by the training reader
+(`tables.read_table`, for_prediction): a header naming the sequence column, tab or
+comma, plain or gzip, the training's sequence length and pad / truncate policy. The
+target columns are optional: all present, they are the measured values; none, the rows
+are predicted only. Bad input is a `path:line:` error as in training.
+
+The model sees the window it was trained on: positions [s, s + L) of the 110 bp encoding
+(of a table row: its encoding at the training's sequence length), L = the checkpoint's
+model_config.input_length and s = the start recorded at training (`crop_start`; for a
+table, centred unless train's --crop_start said otherwise), else
+`checkpoint.default_crop_start(L)` = (110 - L) * 3 // 5: 15 for 85 bp (the seed's
+X[:, 15:100]), 0 for 110 bp. Rows go through in input order, in batches of
 --batch_size (the last one padded and masked), eval mode (BatchNorm moving averages, no
 dropout). --reverse_complement_average averages each prediction with that of the
 reverse-complemented window.
@@ -37,23 +49,31 @@ or --noreverse_complement_average overrides it), the plasmid context its windows
 cut with (`crop_start` then counts in the extended rows), and for a soft-bin head the
 expectation over the bins (`training.make_eval_step`).
 
-Outputs:
+Outputs (each value the shortest text that reads back as the same float32):
   --output_tsv    the final-phase submission: `sequence<TAB>prediction`, input order, the
-                  sequences exactly as read
+                  sequences exactly as read. For a table run: a header (the sequence
+                  column, then the target columns) and one column per target, a table
+                  the training reader reads back
   --output_json   the leaderboard submission `{"row": prediction}` for the rows named
                   by --indices_json (its keys, or its items if a list; "alt,ref" pair
                   keys give both rows), e.g. public_leaderboard/sample_submission.json
   metrics         when the input holds measured values: Pearson and Spearman on stdout
-                  (and --output_metrics_json); with --subsets_dir and --public_dir, the
-                  official DREAM scores (--output_markdown for the table). No MSE or
+                  (and --output_metrics_json), per target for a model of several
+                  outputs; with --subsets_dir and --public_dir, the official DREAM
+                  scores (--output_markdown for the table). No MSE or
                   MAE: measured values may be on another scale than the training
                   targets (the challenge's test set is on the MAUDE scale), so only
                   scale-free measures mean something.
+
+A model of several outputs (one per target column) writes --output_tsv only:
+--output_json and the official scores hold one value per row, and asking for them is
+an error that says so.
 
 Single host (all local devices). Bad input ends with a one-line `error: ...` and exit
 status 1.
 """
 
+import dataclasses
 import json
 import logging
 import sys
@@ -71,6 +91,7 @@ from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
 from enformer_small import model as model_lib
+from enformer_small import tables
 from enformer_small import training
 
 FLAGS = flags.FLAGS
@@ -109,6 +130,43 @@ def read_input(path: str) -> Tuple[List[str], Optional[np.ndarray]]:
   """Sequences (as written) and measured values (float64; None if the file has none)."""
   table = read_table(path)
   return list(table.sequences), table.values
+
+
+def trained_table(ckpt: checkpoint_lib.Checkpoint) -> Optional[tables.TableSpec]:
+  """The layout of the table the checkpoint was trained on; None for DREAM rows.
+
+  Read from the recorded flags (`train_config`), which every checkpoint of a table
+  run holds.
+  """
+  flags_used = ckpt.extra.get('train_config') or {}
+  if not flags_used.get('table_file'):
+    return None
+  return tables.TableSpec(target_columns=flags_used['target_columns'],
+                          sequence_column=flags_used['sequence_column'],
+                          length=flags_used['sequence_length'],
+                          pad=flags_used['pad_sequences'])
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """What is predicted: sequences as written, the rows the windows are cut from
+  (`predict_codes`'s codes) and measured values ([N], or [N, T] from a table; None
+  when the input has none)."""
+  sequences: Sequence[str]
+  codes: np.ndarray
+  measured: Optional[np.ndarray]
+
+
+def read_rows(path: str, spec: Optional[tables.TableSpec]) -> Rows:
+  """A table in the training's layout (`spec`), else DREAM rows (`read_table`)."""
+  if spec is None:
+    table = read_table(path)
+    return Rows(table.sequences, table.codes, table.values)
+  try:
+    data = tables.read_table(path, spec, for_prediction=True)
+  except tables.TableError as e:
+    raise PredictError(str(e)) from None
+  return Rows(data.sequences, data.codes, data.expression)
 
 
 def read_indices(path: str, num_rows: int) -> List[int]:
@@ -155,22 +213,28 @@ def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
                   batch_size: int = 1000,
                   reverse_complement_average: Optional[bool] = None,
                   progress: bool = False) -> np.ndarray:
-  """float32 [N] eval-mode predictions for codes uint8 [N, 110], in row order."""
+  """float32 eval-mode predictions in row order: [N], or [N, T] for T outputs.
+
+  codes: uint8 [N, W], the rows the training cut its windows from: 110 bp DREAM
+  encodings (the plasmid context is added here), or a table's at its length.
+  """
   from enformer_small import dataset  # TensorFlow: imported only when needed.
   config = ckpt.model_config
   devices = jax.local_device_count()
   batch_size = -(-batch_size // devices) * devices
   if reverse_complement_average is None:
     reverse_complement_average = reverse_complement_default(ckpt)
-  from enformer_small import plasmid
-  codes = plasmid.add_context(codes, ckpt.plasmid_context)
+  if ckpt.plasmid_context:
+    from enformer_small import plasmid
+    codes = plasmid.add_context(codes, ckpt.plasmid_context)
   pipeline = dataset.PipelineConfig(crop_start=ckpt.crop_start,
                                     crop_length=config.input_length, shifts=(0,))
   eval_step = training.make_eval_step(config)
   params = training.replicate(ckpt.params)
   state = training.replicate(ckpt.state)
   passes = [False, True] if reverse_complement_average else [False]
-  total = np.zeros(codes.shape[0], np.float64)
+  outputs = model_lib.num_outputs(config)
+  total = np.zeros((codes.shape[0],) + ((outputs,) if outputs > 1 else ()), np.float64)
   bar = None
   if progress:
     import tqdm
@@ -194,13 +258,22 @@ def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
   return (total / len(passes)).astype(np.float32)
 
 
-def write_tsv(path: str, sequences: Sequence[str], predictions: np.ndarray) -> None:
-  text = ''.join(f'{s}\t{float(p):.8g}\n' for s, p in zip(sequences, predictions))
+def write_tsv(path: str, sequences: Sequence[str], predictions: np.ndarray,
+              header: Sequence[str] = ()) -> None:
+  """Rows `sequence<TAB>prediction[<TAB>...]` after the `header` names, if any.
+
+  Each value is the shortest text that reads back as the same float32 (numpy's str).
+  """
+  columns = np.asarray(predictions, np.float32).reshape(len(sequences), -1)
+  lines = ['\t'.join(header)] if header else []
+  lines += ['\t'.join([s] + [str(v) for v in row]) for s, row in zip(sequences, columns)]
+  text = ''.join(line + '\n' for line in lines)
   checkpoint_lib.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def write_json(path: str, indices: Sequence[int], predictions: np.ndarray) -> None:
-  payload = {str(i): float(predictions[i]) for i in indices}
+  # float(str(float32)): JSON then holds the float32's shortest text.
+  payload = {str(i): float(str(np.float32(predictions[i]))) for i in indices}
   text = json.dumps(payload)
   checkpoint_lib.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
@@ -219,8 +292,13 @@ def official_scores(predictions: np.ndarray, measured: np.ndarray, subsets_dir: 
 
 def define_flags() -> None:
   flags.DEFINE_string('checkpoint', None, 'Checkpoint (.npz) to predict with.')
-  flags.DEFINE_string('input', None, 'DREAM-format file: `sequence[<TAB>measured]`.')
-  flags.DEFINE_string('output_tsv', None, 'Write `sequence<TAB>prediction` here.')
+  flags.DEFINE_string('input', None,
+                      'DREAM-format file: `sequence[<TAB>measured]`; for a checkpoint '
+                      'trained on a table, a table in its layout (target columns '
+                      'optional: the measured values).')
+  flags.DEFINE_string('output_tsv', None,
+                      'Write `sequence<TAB>prediction` here; for a table run, its header '
+                      'and one column per target.')
   flags.DEFINE_string('output_json', None,
                       'Write `{"row": prediction}` for the rows of --indices_json.')
   flags.DEFINE_string('indices_json', None,
@@ -242,7 +320,7 @@ def define_flags() -> None:
   flags.DEFINE_bool('progress', True, 'Progress bar (only on a terminal).')
 
 
-def run(argv_unused=None) -> Dict[str, object]:
+def check_flags() -> None:
   if not FLAGS.checkpoint or not FLAGS.input:
     raise PredictError('--checkpoint and --input are required')
   if not (FLAGS.output_tsv or FLAGS.output_json):
@@ -251,64 +329,107 @@ def run(argv_unused=None) -> Dict[str, object]:
     raise PredictError('--output_json and --indices_json go together')
   if bool(FLAGS.subsets_dir) != bool(FLAGS.public_dir):
     raise PredictError('--subsets_dir and --public_dir go together')
-  ckpt = checkpoint_lib.load_checkpoint(FLAGS.checkpoint)
+
+
+def check_outputs(ckpt: checkpoint_lib.Checkpoint,
+                  spec: Optional[tables.TableSpec]) -> None:
+  """A model of several outputs needs their names (a table run's target columns) and
+  output files of one column per target, not the DREAM submissions."""
   outputs = model_lib.num_outputs(ckpt.model_config)
-  if outputs > 1:  # One value per sequence is what every output file here holds.
-    raise PredictError(f'{FLAGS.checkpoint}: the model has {outputs} outputs (several '
-                       'target columns); predict writes one value per sequence')
-  table = read_table(FLAGS.input)
-  sequences, measured, codes = table.sequences, table.values, table.codes
-  indices = (read_indices(FLAGS.indices_json, len(sequences)) if FLAGS.indices_json
-             else None)
+  if outputs == 1:
+    return
+  if spec is None or len(spec.target_columns) != outputs:
+    raise PredictError(f'{FLAGS.checkpoint}: the model has {outputs} outputs but the '
+                       'checkpoint records no target columns to name them (a table run '
+                       'of experiments.train records its --target_columns)')
+  dream_only = [flag for flag, given in (('--output_json', FLAGS.output_json),
+                                         ('--subsets_dir', FLAGS.subsets_dir)) if given]
+  if dream_only:
+    raise PredictError(f'{FLAGS.checkpoint}: the model has {outputs} outputs '
+                       f'({", ".join(spec.target_columns)}); {dream_only[0]} is a DREAM '
+                       'submission of one value per row: use --output_tsv (one column '
+                       'per target)')
+
+
+def correlations(predictions: np.ndarray, measured: np.ndarray,
+                 names: Sequence[str]) -> Dict[str, object]:
+  """Pearson and Spearman; for several outputs, per target under 'per_target'."""
+  def of(pred, true):
+    found = metrics_lib.regression_metrics(pred, true)
+    return {k: v for k, v in found.items() if k in CORRELATIONS}
+  if predictions.ndim == 1:
+    return of(predictions, measured.reshape(len(predictions)))
+  return dict(per_target={name: of(predictions[:, i], measured[:, i])
+                          for i, name in enumerate(names)})
+
+
+def report_metrics(found: Dict[str, object], n: int, rc_average: bool) -> None:
+  """Prints the correlations (a line per target) and writes --output_metrics_json."""
+  per_target = found.get('per_target', {'': found})
+  for name, values in per_target.items():
+    print(f'against the measured values{" of " + name if name else ""}: ' + ', '.join(
+        f'{k} {v:.4f}' for k, v in values.items()))
+  print(SCALE_NOTE)
+  if FLAGS.output_metrics_json:
+    text = json.dumps(dict(found, n=n, checkpoint=FLAGS.checkpoint, input=FLAGS.input,
+                           reverse_complement_average=rc_average))
+    checkpoint_lib.atomic_write(FLAGS.output_metrics_json,
+                                lambda f: f.write(text.encode('utf-8')))
+
+
+def report_official_scores(predictions: np.ndarray, measured: np.ndarray):
+  from enformer_small import scoring
+  score = official_scores(predictions, measured.reshape(len(predictions)),
+                          FLAGS.subsets_dir, FLAGS.public_dir)
+  table = scoring.format_markdown(score)
+  print(table)
+  if FLAGS.output_markdown:
+    checkpoint_lib.atomic_write(FLAGS.output_markdown,
+                                lambda f: f.write(table.encode('utf-8')))
+  return score
+
+
+def run(argv_unused=None) -> Dict[str, object]:
+  check_flags()
+  ckpt = checkpoint_lib.load_checkpoint(FLAGS.checkpoint)
+  spec = trained_table(ckpt)
+  check_outputs(ckpt, spec)
+  rows = read_rows(FLAGS.input, spec)
+  n = len(rows.sequences)
+  indices = read_indices(FLAGS.indices_json, n) if FLAGS.indices_json else None
   rc_average = (reverse_complement_default(ckpt)
                 if FLAGS.reverse_complement_average is None
                 else FLAGS.reverse_complement_average)
-  L, start = ckpt.model_config.input_length, ckpt.crop_start
+  L, start, width = ckpt.model_config.input_length, ckpt.crop_start, rows.codes.shape[1]
   print(f'{FLAGS.checkpoint}: {L} bp model (window [{start}:{start + L}] of '
-        f'{110 + 2 * ckpt.plasmid_context}), '
-        f'epoch {ckpt.epoch}; {len(sequences):,} rows from {FLAGS.input}')
+        f'{width + 2 * ckpt.plasmid_context}), epoch {ckpt.epoch}; {n:,} rows from '
+        f'{FLAGS.input}' + (' (a table: ' + ', '.join(spec.target_columns) + ')'
+                            if spec else ''))
   t = time.perf_counter()
   predictions = predict_codes(
-      ckpt, codes, batch_size=FLAGS.batch_size,
+      ckpt, rows.codes, batch_size=FLAGS.batch_size,
       reverse_complement_average=rc_average,
       progress=FLAGS.progress and sys.stderr.isatty())
   seconds = time.perf_counter() - t
-  print(f'predicted {len(sequences):,} rows in {seconds:.1f} s '
-        f'({len(sequences) / seconds:,.0f} seq/s)'
-        + (' with reverse-complement averaging' if rc_average
-           else ''))
-  if FLAGS.output_tsv:
-    write_tsv(FLAGS.output_tsv, sequences, predictions)
+  print(f'predicted {n:,} rows in {seconds:.1f} s ({n / seconds:,.0f} seq/s)'
+        + (' with reverse-complement averaging' if rc_average else ''))
+  if FLAGS.output_tsv:  # A table run: a table the training reader reads back.
+    header = (spec.sequence_column,) + spec.target_columns if spec else ()
+    write_tsv(FLAGS.output_tsv, rows.sequences, predictions, header)
     print(f'wrote {FLAGS.output_tsv}')
   if FLAGS.output_json:
     write_json(FLAGS.output_json, indices, predictions)
     print(f'wrote {FLAGS.output_json} ({len(indices):,} rows)')
   result = {'predictions': predictions}
-  if measured is not None:
-    found = metrics_lib.regression_metrics(predictions, measured)
-    found = {k: v for k, v in found.items() if k in CORRELATIONS}
-    result['metrics'] = found
-    print('against the measured values: ' + ', '.join(
-        f'{k} {v:.4f}' for k, v in found.items()))
-    print(SCALE_NOTE)
-    if FLAGS.output_metrics_json:
-      text = json.dumps(dict(found, n=len(predictions), checkpoint=FLAGS.checkpoint,
-                             input=FLAGS.input,
-                             reverse_complement_average=rc_average))
-      checkpoint_lib.atomic_write(FLAGS.output_metrics_json,
-                                  lambda f: f.write(text.encode('utf-8')))
+  if rows.measured is None:
     if FLAGS.subsets_dir:
-      score = official_scores(predictions, measured, FLAGS.subsets_dir,
-                              FLAGS.public_dir)
-      from enformer_small import scoring
-      table = scoring.format_markdown(score)
-      print(table)
-      if FLAGS.output_markdown:
-        checkpoint_lib.atomic_write(FLAGS.output_markdown,
-                                    lambda f: f.write(table.encode('utf-8')))
-      result['score'] = score
-  elif FLAGS.subsets_dir:
-    raise PredictError(f'{FLAGS.input}: no measured values to score against')
+      raise PredictError(f'{FLAGS.input}: no measured values to score against')
+    return result
+  result['metrics'] = correlations(predictions, rows.measured,
+                                   spec.target_columns if spec else ())
+  report_metrics(result['metrics'], n, rc_average)
+  if FLAGS.subsets_dir:
+    result['score'] = report_official_scores(predictions, rows.measured)
   return result
 
 

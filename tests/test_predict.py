@@ -263,3 +263,115 @@ def test_predict_with_a_checkpoint_converted_from_the_seed_tf_model(
   assert result.returncode == 0, result.stderr[-3000:]
   _, predicted = read_tsv(tmp / 'seed.tsv')
   np.testing.assert_allclose(predicted, cases['eval_out'][:, 0], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# A model trained on a table: its layout, its window, one column per target.
+
+TABLE_LENGTH = 95  # Not DREAM's 110: a DREAM reading would misplace the window.
+
+
+def one_hot_window(sequence, start, length):
+  """The training's window of a table row, by hand: 3' padding with N / truncation to
+  TABLE_LENGTH, A/C/G/T (any case) one-hot, anything else all zeros."""
+  row = (sequence.upper() + 'N' * TABLE_LENGTH)[:TABLE_LENGTH][start:start + length]
+  return np.array([[float(base == b) for b in 'ACGT'] for base in row], np.float32)
+
+
+@pytest.fixture(scope='module')
+def table_run(tmp_path_factory):
+  """One epoch of a two-target model on a 95 bp comma table (lengths 90..100, padded
+  and truncated), and a tab-separated gzip input of 24 new rows with measured values."""
+  from enformer_small import synthetic
+  from experiments import train as train_lib
+  tmp = tmp_path_factory.mktemp('table_run')
+  rows = synthetic.generate(synthetic.SyntheticConfig(num_rows=144, seed=5))
+  sequences = [s[:TABLE_LENGTH + (i % 3 - 1) * 5] for i, s in enumerate(rows.sequences())]
+  x, y = rows.expression, 17 - rows.expression ** 0.5
+  train_table = tmp / 'own.csv'
+  train_table.write_text('id,sequence,x,y\n' + ''.join(
+      f'r{i},{s},{a},{b}\n' for i, (s, a, b) in enumerate(zip(sequences[:120], x, y))))
+  run_dir = tmp / 'run'
+  train_lib.train(train_lib.TrainConfig(
+      run_dir=str(run_dir), table_file=str(train_table), target_columns=('x', 'y'),
+      sequence_length=TABLE_LENGTH, pad_sequences=True, input_length=85, shifts=(0,),
+      batch_size=32, eval_batch_size=64, num_holdout=24, num_epochs=1,
+      keep_checkpoints=1, dropout=False, loss='mse', optimizer='adamw',
+      learning_rate=0.001, data_cache_dir=str(tmp / 'cache')), verbose=False)
+  new = sequences[120:]
+  new[3] = new[3].lower()
+  new[7] = new[7][:40] + 'NNNN' + new[7][44:]
+  measured = np.stack([x[120:], y[120:]], axis=1)
+  data = tmp / 'new.tsv.gz'
+  data.write_bytes(gzip.compress(('y\tsequence\tx\n' + ''.join(
+      f'{b}\t{s}\t{a}\n' for s, (a, b) in zip(new, measured))).encode()))
+  return dict(tmp=tmp, ckpt_path=run_dir / 'checkpoint_best.npz', sequences=new,
+              measured=measured, data=data, cache=tmp / 'xla_cache')
+
+
+def test_a_table_run_predicts_a_table_one_column_per_target_bit_for_bit(table_run):
+  """The output is a table in the training's layout whose columns are, bit for bit,
+  the evaluation train uses (`training.make_eval_step`) on the centred window
+  [5:90] of each row padded / truncated to 95 bp; correlations per target."""
+  from enformer_small import training
+  tmp, sequences = table_run['tmp'], table_run['sequences']
+  ckpt = checkpoint.load_checkpoint(table_run['ckpt_path'])
+  assert (ckpt.crop_start, ckpt.model_config.input_length) == (5, 85)
+  result = run_module(
+      'experiments.predict', f'--checkpoint={table_run["ckpt_path"]}',
+      f'--input={table_run["data"]}', f'--output_tsv={tmp / "out.tsv"}',
+      f'--output_metrics_json={tmp / "metrics.json"}', '--batch_size=24',
+      '--noprogress', cache=table_run['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  devices = jax.local_device_count()
+  x = np.stack([one_hot_window(s, 5, 85) for s in sequences])
+  expected = np.asarray(training.make_eval_step(ckpt.model_config)(
+      training.replicate(ckpt.params), training.replicate(ckpt.state),
+      training.shard_batch(x.reshape((devices, -1) + x.shape[1:])))).reshape(-1, 2)
+  assert np.std(expected, axis=0).min() > 1e-4
+
+  lines = (tmp / 'out.tsv').read_text().splitlines()
+  assert lines[0] == 'sequence\tx\ty'
+  rows = [line.split('\t') for line in lines[1:]]
+  assert [r[0] for r in rows] == sequences  # input order, sequences as written
+  predicted = np.array([[np.float32(v) for v in r[1:]] for r in rows], np.float32)
+  np.testing.assert_array_equal(predicted, expected, strict=True)
+
+  found = json.loads((tmp / 'metrics.json').read_text())
+  assert set(found['per_target']) == {'x', 'y'} and found['n'] == 24
+  for i, name in enumerate('xy'):
+    assert found['per_target'][name]['pearson'] == pytest.approx(
+        metrics.pearson_r(expected[:, i], table_run['measured'][:, i]), abs=1e-5)
+    assert (f'against the measured values of {name}: pearson '
+            f'{found["per_target"][name]["pearson"]:.4f}, spearman') in result.stdout
+
+
+@pytest.mark.parametrize('flag', ['--output_json', '--subsets_dir'])
+def test_a_model_of_several_outputs_refuses_a_dream_submission_in_one_line(
+    table_run, flag):
+  tmp = table_run['tmp']
+  paired = {'--output_json': ('--indices_json', 'idx.json'),
+            '--subsets_dir': ('--public_dir', 'public')}[flag]
+  result = run_module(
+      'experiments.predict', f'--checkpoint={table_run["ckpt_path"]}',
+      f'--input={table_run["data"]}', f'--output_tsv={tmp / "refused.tsv"}',
+      f'{flag}={tmp / "x"}', f'{paired[0]}={tmp / paired[1]}', cache=table_run['cache'])
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: {table_run["ckpt_path"]}: the model has 2 outputs (x, y); {flag} is a '
+      'DREAM submission of one value per row: use --output_tsv (one column per target)')
+  assert 'Traceback' not in result.stderr and not (tmp / 'refused.tsv').exists()
+
+
+def test_a_table_without_the_sequence_column_is_a_file_line_error(table_run):
+  tmp = table_run['tmp']
+  data = tmp / 'no_sequence.csv'
+  data.write_text('seq,x,y\nACGT,1,2\n')
+  result = run_module(
+      'experiments.predict', f'--checkpoint={table_run["ckpt_path"]}', f'--input={data}',
+      f'--output_tsv={tmp / "never.tsv"}', cache=table_run['cache'])
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {data}:1: missing column(s) 'sequence' in the header; found columns "
+      "['seq', 'x', 'y'] (separator comma)")
+  assert 'Traceback' not in result.stderr and not (tmp / 'never.tsv').exists()

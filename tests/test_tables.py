@@ -100,3 +100,24 @@ def test_train_reports_a_bad_table_in_one_line_and_exits_1(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: {path}:3: target 'a' is 'x'; expected a finite number")
+
+
+def test_a_prediction_input_keeps_its_sequences_and_takes_all_targets_or_none(tmp_path):
+  spec = tables.TableSpec(('a', 'b'), length=6, pad=True)
+  measured = _write(tmp_path, 'b,sequence,a\n2,acgN,1\n4,ACGTACGT,3\n', 'm.csv')
+  bare = _write(tmp_path, 'id\tsequence\nr1\tacgN\nr2\tACGTACGT\n', 'bare.tsv')
+  partial = _write(tmp_path, 'sequence,a\nACG,1\n', 'p.csv')
+  table = tables.read_table(measured, spec, for_prediction=True)
+  assert table.sequences == ('acgN', 'ACGTACGT') and not table.from_cache
+  np.testing.assert_array_equal(table.expression, np.array([[1, 2], [3, 4]], np.float32))
+  table = tables.read_table(bare, spec, for_prediction=True)
+  assert table.sequences == ('acgN', 'ACGTACGT') and table.expression is None
+  np.testing.assert_array_equal(table.codes, [[0, 1, 2, 4, 4, 4], [0, 1, 2, 3, 0, 1]])
+  with pytest.raises(tables.TableError) as info:
+    tables.read_table(partial, spec, for_prediction=True)
+  assert str(info.value) == (
+      f"{partial}:1: missing column(s) 'b' in the header; found columns ['sequence', "
+      "'a'] (separator comma) (measured values are all the target columns or none of "
+      'them)')
+  with pytest.raises(tables.TableError, match=r"^.*bare\.tsv:1: missing column\(s\) 'a'"):
+    tables.read_table(bare, spec)  # Training needs its targets.

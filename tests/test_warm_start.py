@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 
 import jax
 import numpy as np
@@ -197,21 +196,3 @@ def test_a_converted_tf_checkpoint_warm_starts_a_model_of_another_length(seed_fi
                                       strict=True)
   assert [m for m, _ in report.reinitialised] == [HEAD]
 
-
-def test_predict_refuses_a_model_of_several_outputs_in_one_line(tmp_path):
-  import subprocess
-  import sys
-  params, state = _init(config_lib.seed_config(85).with_outputs(2), seed=0)
-  path = checkpoint.save_checkpoint(str(tmp_path / 'two.npz'), params=params, state=state,
-                                    model_config=config_lib.seed_config(85).with_outputs(2))
-  (tmp_path / 'in.txt').write_text('A' * 110 + '\n')
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=repo)
-  result = subprocess.run(
-      [sys.executable, '-m', 'experiments.predict', f'--checkpoint={path}',
-       f'--input={tmp_path / "in.txt"}', f'--output_tsv={tmp_path / "out.tsv"}'],
-      cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == (
-      f'error: {path}: the model has 2 outputs (several target columns); predict writes '
-      'one value per sequence')
