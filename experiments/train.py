@@ -92,6 +92,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -1578,11 +1579,21 @@ def _quiet_abandoned_reads() -> None:
   sys.unraisablehook = hook
 
 
+class _WithoutOrbaxInfo(logging.Filter):
+  """Drops orbax's INFO records (a dozen per save: renames, timings, syncs), which
+  absl's handler would print; the run prints its own line per save."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.WARNING or
+            f'{os.sep}orbax{os.sep}' not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # absl shows INFO records; jax's probing of absent backends is not news.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())
   _quiet_abandoned_reads()
   # Before anything touches JAX: join the other processes, if any.
   try:
