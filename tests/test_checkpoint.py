@@ -295,10 +295,18 @@ def test_checkpointer_writes_json_and_tensorstore_files_only(tmp_path):
   assert kinds == {'json', 'marker', 'ocdbt'}
 
 
-def _largest_data_file(step_dir):
-  """The array data orbax reads: the merged OCDBT database's data files (arrays/d/),
-  not the per-process ones it was merged from."""
-  return max((step_dir / 'arrays' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+def damage_save(step_dir, how):
+  """Truncates ('truncate') or flips 8 bytes in the middle of ('flip_bytes') the largest
+  file of array data orbax reads: the merged OCDBT database's (arrays/d/), not the
+  per-process ones it was merged from."""
+  victim = max((step_dir / 'arrays' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  if how == 'truncate':
+    data = data[:len(data) // 2]
+  else:
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  victim.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'flip_bytes'])
@@ -307,14 +315,7 @@ def test_damaged_newest_save_is_reported_and_the_older_one_restored(tmp_path, da
   saver.save(**_fields(step=10, epoch=1)[1])
   saver.save(**_fields(step=20, epoch=2)[1])
   saver.close()
-  victim = _largest_data_file(tmp_path / 'checkpoints' / '20')
-  data = bytearray(victim.read_bytes())
-  if damage == 'truncate':
-    data = data[:len(data) // 2]
-  else:
-    middle = len(data) // 2
-    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
-  victim.write_bytes(bytes(data))
+  damage_save(tmp_path / 'checkpoints' / '20', damage)
   warnings = []
   restored = checkpointer_lib.Checkpointer(tmp_path).restore_latest(
       on_damaged=warnings.append)

@@ -22,6 +22,7 @@ from enformer_small import checkpointer
 from enformer_small import summaries
 from enformer_small import training
 from experiments import train as train_lib
+from test_checkpoint import damage_save
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -245,14 +246,7 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
   run_dir = tmp_path / 'damaged'
   shutil.copytree(stopped_within_an_epoch, run_dir)
   newest = run_dir / 'checkpoints' / '19'
-  victim = max((newest / 'arrays' / 'd').iterdir(), key=lambda p: p.stat().st_size)
-  data = bytearray(victim.read_bytes())
-  if damage == 'truncate':
-    data = data[:len(data) // 2]
-  else:
-    middle = len(data) // 2
-    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
-  victim.write_bytes(bytes(data))
+  damage_save(newest, damage)
   resumed = train_lib.train(_tiny_config(tmp_path, 'damaged'), resume=True,
                             verbose=False)
   warnings = [line for line in capsys.readouterr().err.splitlines()
