@@ -1,6 +1,7 @@
 """Process set-up and command line shared by the entry points (not library code)."""
 
 import functools
+import logging
 import os
 import shlex
 import sys
@@ -44,6 +45,21 @@ def run(main: Callable[[List[str]], Any]) -> None:
   gives them).
   """
   app.run(functools.partial(_main_without_help, main), flags_parser=_parse_flags)
+
+
+def command(run: Callable[[], Any], errors: Tuple[type, ...],
+            hint: Callable[[BaseException], str] = lambda error: ''
+            ) -> Callable[[List[str]], Any]:
+  """The `main` of an entry point for `run` above: `run()` through `report_errors`.
+
+  It takes no positional arguments: `run` refuses them while parsing the flags.
+  """
+  def main(argv_unused: List[str]) -> None:
+    # absl shows INFO records; jax's probing of absent backends is not news.
+    logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+    # Nothing returned: absl's app.run would print it and exit with status 1.
+    report_errors(run, errors, hint)
+  return main
 
 
 def report_errors(run: Callable[[], Any], errors: Tuple[type, ...],

@@ -34,13 +34,11 @@ Writes to --output_dir:
 """
 
 import dataclasses
-import logging
 import os
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -413,12 +411,8 @@ def run(argv_unused=None) -> Dict[str, np.ndarray]:
   return found
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  _runtime.report_errors(
-      run, (AttributeInputError, checkpoint_lib.CheckpointError, ValueError))
+main = _runtime.command(
+    run, (AttributeInputError, checkpoint_lib.CheckpointError, ValueError))
 
 
 if __name__ == '__main__':

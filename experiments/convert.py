@@ -15,7 +15,6 @@ the lengths it fits. Bad input ends with a one-line `error: ...` and exit status
 import dataclasses
 import os
 
-from absl import app
 from absl import flags
 
 from experiments import _runtime
@@ -71,11 +70,8 @@ def run() -> None:
   print(f'wrote {_OUTPUT.value}')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  _runtime.report_errors(run, (ConvertFlagsError, convert.ConversionError,
-                               checkpoint.CheckpointError, OSError))
+main = _runtime.command(run, (ConvertFlagsError, convert.ConversionError,
+                              checkpoint.CheckpointError, OSError))
 
 
 if __name__ == '__main__':

@@ -75,12 +75,10 @@ status 1.
 
 import dataclasses
 import json
-import logging
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -91,6 +89,7 @@ from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import dream_data
 from enformer_small import metrics as metrics_lib
 from enformer_small import model as model_lib
+from enformer_small import scoring
 from enformer_small import tables
 from enformer_small import training
 
@@ -280,7 +279,6 @@ def write_json(path: str, indices: Sequence[int], predictions: np.ndarray) -> No
 
 def official_scores(predictions: np.ndarray, measured: np.ndarray, subsets_dir: str,
                     public_dir: str):
-  from enformer_small import scoring
   splits = scoring.load_official_splits(subsets_dir, public_dir,
                                         num_rows=len(predictions))
   return scoring.score_predictions(predictions.astype(np.float64), measured, splits)
@@ -378,7 +376,6 @@ def report_metrics(found: Dict[str, object], n: int, rc_average: bool) -> None:
 
 
 def report_official_scores(predictions: np.ndarray, measured: np.ndarray):
-  from enformer_small import scoring
   score = official_scores(predictions, measured.reshape(len(predictions)),
                           FLAGS.subsets_dir, FLAGS.public_dir)
   table = scoring.format_markdown(score)
@@ -433,13 +430,8 @@ def run(argv_unused=None) -> Dict[str, object]:
   return result
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  from enformer_small import scoring
-  _runtime.report_errors(run, (PredictError, checkpoint_lib.CheckpointError,
-                               scoring.ScoringError, ValueError))
+main = _runtime.command(run, (PredictError, checkpoint_lib.CheckpointError,
+                              scoring.ScoringError, ValueError))
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ with status 1.
 
 import time
 
-from absl import app
 from absl import flags
 
 from enformer_small import dream_data
@@ -52,10 +51,7 @@ def prepare() -> None:
   print(f'seconds: {seconds:.2f}')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  _runtime.report_errors(prepare, (dream_data.DreamDataError,))
+main = _runtime.command(prepare, (dream_data.DreamDataError,))
 
 
 if __name__ == '__main__':

@@ -37,7 +37,6 @@ Bad input ends with a one-line `error: ...` on stderr and exit status 1.
 
 import os
 
-from absl import app
 from absl import flags
 
 from enformer_small import scoring
@@ -133,11 +132,12 @@ def run() -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  print(_runtime.report_errors(run, (scoring.ScoringError, OSError),
-                               hint=_missing_data_hint))
+def _run_and_print():
+  print(run())
+
+
+main = _runtime.command(_run_and_print, (scoring.ScoringError, OSError),
+                        hint=_missing_data_hint)
 
 
 if __name__ == '__main__':

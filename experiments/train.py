@@ -90,7 +90,6 @@ import time
 import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging as absl_logging
 import jax
@@ -1588,9 +1587,7 @@ class _WithoutOrbaxInfo(logging.Filter):
             f'{os.sep}orbax{os.sep}' not in record.pathname)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def main(argv_unused):
   # absl shows INFO records; jax's probing of absent backends is not news.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   absl_logging.get_absl_handler().addFilter(_WithoutOrbaxInfo())

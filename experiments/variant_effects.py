@@ -22,14 +22,11 @@ model `ref_prediction`, `alt_prediction`, `effect` (suffixed `_<target>` when th
 chosen heads give several outputs).
 """
 
-import logging
 import sys
 import time
 from typing import List, Sequence
 
-from absl import app
 from absl import flags
-import numpy as np
 
 from experiments import _runtime
 
@@ -120,12 +117,8 @@ def run(argv_unused=None) -> variant_effects.Effects:
   return effects
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  _runtime.report_errors(
-      run, (VariantFlagsError, checkpoint_lib.CheckpointError, ValueError))
+main = _runtime.command(
+    run, (VariantFlagsError, checkpoint_lib.CheckpointError, ValueError))
 
 
 if __name__ == '__main__':
