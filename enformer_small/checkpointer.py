@@ -38,7 +38,7 @@ import re
 import shutil
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np

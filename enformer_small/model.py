@@ -1,6 +1,6 @@
 """Pure functions around `Enformer`: init, apply, parameter counts."""
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
 import haiku as hk
 import jax

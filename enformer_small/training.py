@@ -11,7 +11,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Tuple
 
 import haiku as hk
 import jax

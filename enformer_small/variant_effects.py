@@ -27,7 +27,7 @@ file format. A VCF whose CHROM names a sequence converts to the edits table with
 
 import dataclasses
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 

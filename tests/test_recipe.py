@@ -7,7 +7,6 @@ by hand; the default recipe against a frozen copy of the seed's train step, bit 
 import dataclasses
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
