@@ -34,13 +34,13 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
+from enformer_small import files
 from enformer_small.config import EnformerConfig
 from enformer_small.dream_data import SEQUENCE_LENGTH
 
@@ -219,50 +219,6 @@ def _rng_data(rng: Any) -> np.ndarray:
 # Writing.
 
 
-def _fsync_directory(directory: str) -> None:
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return  # Not every platform can open directories.
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-def atomic_write(path: str, write) -> None:
-  """Calls `write(file)` on a temporary file beside `path`, then moves it onto `path`.
-
-  The temporary file is fsynced before `os.replace`, so after a crash `path` holds
-  either its old content or the complete new one. On any error the temporary file is
-  removed and `path` is untouched.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
-                             suffix='.tmp')
-  try:
-    # mkstemp creates the file 0600; give it the permissions open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    with os.fdopen(fd, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    raise
-  _fsync_directory(directory)
-
-
 def pack_checkpoint(*, params: Any, state: Any, model_config: EnformerConfig,
                     opt_state: Any = None, rng: Any = None, epoch: int = 0,
                     step: int = 0, metrics: Sequence[Mapping[str, Any]] = (),
@@ -331,7 +287,7 @@ def save_checkpoint(path: str, **fields: Any) -> str:
   text = metadata_json(path, metadata)
   arrays[METADATA_KEY] = np.frombuffer(text.encode('utf-8'), np.uint8)
   try:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
   except OSError as e:
     raise CheckpointError(f'{path}: could not write the checkpoint: {e}') from e
   return os.fspath(path)

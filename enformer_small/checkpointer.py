@@ -48,7 +48,7 @@ from enformer_small import checkpoint as checkpoint_lib
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'
 PROGRESS_KEYS = ('progress/predictions', 'progress/targets')
-# Temporary files of `checkpoint.atomic_write` ('.<final name>.<random>.tmp') and the
+# Temporary files of `files.atomic_write` ('.<final name>.<random>.tmp') and the
 # temporary directories of orbax ('<step>.orbax-checkpoint-tmp-<time>').
 _NPZ_TEMPORARY = re.compile(r'^\..+\.tmp$')
 _ORBAX_TEMPORARY = re.compile(r'\.orbax-checkpoint-tmp')

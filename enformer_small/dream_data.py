@@ -89,18 +89,16 @@ arrays: it would cost as much as the read it saves).
 """
 
 import dataclasses
-import hashlib
 import json
-import logging
 import os
 import pathlib
 import re
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from enformer_small import files
 from enformer_small import textfiles
 
 SEQUENCE_LENGTH = 110
@@ -118,7 +116,6 @@ _ROWS_PER_CHUNK = 1 << 17  # ~16 MB of text; bounds the temporaries.
 _SCAN_BYTES = 1 << 26  # bytes per chunk of the newline/tab scan.
 _MAX_FAST_EXPRESSION_WIDTH = 64  # longer expression fields parse one by one.
 _HEADER_SCAN = 1 << 16  # a line 1 longer than this is no header.
-_HASH_BLOCK = 1 << 23
 
 _BASE, _N, _OTHER_LETTER, _INVALID = 1, 2, 4, 8  # Byte classes (bits).
 
@@ -730,16 +727,6 @@ def _read_source(path: str) -> np.ndarray:
   return np.frombuffer(data, np.uint8)
 
 
-def _hash_file(path: str) -> str:
-  digest = hashlib.blake2b(digest_size=20)
-  block = bytearray(_HASH_BLOCK)
-  view = memoryview(block)
-  with open(path, 'rb', buffering=0) as f:
-    while size := f.readinto(block):
-      digest.update(view[:size])
-  return digest.hexdigest()
-
-
 def default_cache_dir() -> pathlib.Path:
   """$ENFORMER_SMALL_CACHE, else ~/.cache/enformer_small."""
   env = os.environ.get(CACHE_ENV_VAR)
@@ -762,72 +749,26 @@ _ARRAYS = {  # name -> (dtype, trailing shape)
 }
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp-')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _write_cache(entry: pathlib.Path, arrays: Mapping[str, np.ndarray],
                  report: ReadReport) -> bool:
-  try:
-    entry.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-      _atomic_write(entry / f'{name}.npy',
-                    lambda f, a=array: np.save(f, a, allow_pickle=False))
-    _atomic_write(entry / 'report.json',
-                  lambda f: f.write(report.to_json().encode()))
-    return True
-  except OSError as e:
-    logging.warning('Could not write the DREAM cache entry %s (%s); '
-                    'continuing without cache.', entry, e)
-    return False
+  return files.write_cache_entry(entry, arrays, 'report.json',
+                                 report.to_json().encode())
 
 
-def _delete_entry(entry: pathlib.Path) -> None:
-  for item in entry.glob('*'):
-    try:
-      item.unlink()
-    except OSError:
-      pass
-  try:
-    entry.rmdir()
-  except OSError:
-    pass
+def _check_cache(arrays: Mapping[str, np.ndarray], index: bytes) -> ReadReport:
+  report = ReadReport.from_json(index.decode())
+  for name, (dtype, shape) in _ARRAYS.items():
+    expected = (report.num_rows,) + shape
+    if arrays[name].dtype != dtype or arrays[name].shape != expected:
+      raise ValueError(f'{name}.npy: found {arrays[name].dtype} {arrays[name].shape}, '
+                       f'expected {np.dtype(dtype)} {expected}')
+  return report
 
 
 def _load_cache(entry: pathlib.Path) -> tuple[dict[str, np.ndarray],
                                               ReadReport] | None:
   """The cached arrays and report, or None on a miss or a corrupt entry."""
-  report_path = entry / 'report.json'
-  if not report_path.exists():
-    return None
-  bad_file, reason = report_path, ''
-  try:
-    report = ReadReport.from_json(report_path.read_text())
-    arrays = {}
-    for name, (dtype, shape) in _ARRAYS.items():
-      bad_file = entry / f'{name}.npy'
-      array = np.load(bad_file, mmap_mode='r', allow_pickle=False)
-      expected = (report.num_rows,) + shape
-      if array.dtype != dtype or array.shape != expected:
-        raise ValueError(f'found {array.dtype} {array.shape}, expected '
-                         f'{np.dtype(dtype)} {expected}')
-      arrays[name] = array
-    return arrays, report
-  except (OSError, EOFError, ValueError, TypeError, KeyError) as e:
-    reason = f'{type(e).__name__}: {e}'
-  logging.warning('DREAM cache file %s is truncated or corrupt (%s); deleting '
-                  'the cache entry and encoding the source again.', bad_file,
-                  reason)
-  _delete_entry(entry)
-  return None
+  return files.load_cache_entry(entry, tuple(_ARRAYS), 'report.json', _check_cache)
 
 
 def _check_negative(path: str, expression: np.ndarray) -> None:
@@ -883,7 +824,7 @@ def read_dream_file(path: str | os.PathLike[str], *,
   try:
     content_hash, entry = '', None
     if use_cache:
-      content_hash = _hash_file(path)
+      content_hash = files.hash_file(path)
       entry = cache_entry_dir(cache_dir, content_hash)
       cached = _load_cache(entry)
       if cached is not None:

@@ -36,7 +36,6 @@ hit, deleted with a warning when corrupt.
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import pathlib
 from typing import List, Optional, Sequence, Tuple
@@ -44,6 +43,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from enformer_small import dream_data
+from enformer_small import files
 from enformer_small import textfiles
 
 _CACHE_FORMAT = 'table-v1'
@@ -229,7 +229,7 @@ def parse_table(path: str, data: bytes, spec: TableSpec, *,
 
 def _cache_key(path: str, spec: TableSpec) -> str:
   digest = hashlib.blake2b(digest_size=20)
-  digest.update(dream_data._hash_file(path).encode())  # pylint: disable=protected-access
+  digest.update(files.hash_file(path).encode())
   digest.update(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
   return digest.hexdigest()
 
@@ -238,33 +238,19 @@ _ARRAYS = ('codes', 'expression', 'lengths')
 
 
 def _load_cache(entry: pathlib.Path, spec: TableSpec):
-  if not (entry / 'done').exists():
-    return None
-  try:
-    arrays = {name: np.load(entry / f'{name}.npy', mmap_mode='r', allow_pickle=False)
-              for name in _ARRAYS}
+  def check(arrays, _):
     n = arrays['lengths'].shape[0]
     if (arrays['codes'].shape != (n, spec.length) or
         arrays['expression'].shape != (n, len(spec.target_columns))):
       raise ValueError('array shapes do not fit the spec')
-    return arrays
-  except (OSError, EOFError, ValueError) as e:
-    logging.warning('table cache entry %s is corrupt (%s); encoding the source again.',
-                    entry, e)
-    dream_data._delete_entry(entry)  # pylint: disable=protected-access
-    return None
+
+  loaded = files.load_cache_entry(entry, _ARRAYS, 'done', check)
+  return None if loaded is None else loaded[0]
 
 
 def _write_cache(entry: pathlib.Path, table: TableData) -> None:
-  write = dream_data._atomic_write  # pylint: disable=protected-access
-  try:
-    entry.mkdir(parents=True, exist_ok=True)
-    for name in _ARRAYS:
-      write(entry / f'{name}.npy',
-            lambda f, a=getattr(table, name): np.save(f, a, allow_pickle=False))
-    write(entry / 'done', lambda f: f.write(b'ok\n'))  # Last: marks a whole entry.
-  except OSError as e:
-    logging.warning('could not write the table cache entry %s (%s).', entry, e)
+  files.write_cache_entry(entry, {name: getattr(table, name) for name in _ARRAYS},
+                          'done', b'ok\n')
 
 
 def read_table(path: str | os.PathLike, spec: TableSpec, *, cache_dir=None,

@@ -87,6 +87,7 @@ from experiments import _runtime
 
 from enformer_small import checkpoint as checkpoint_lib
 from enformer_small import dream_data
+from enformer_small import files
 from enformer_small import metrics as metrics_lib
 from enformer_small import model as model_lib
 from enformer_small import scoring
@@ -267,14 +268,14 @@ def write_tsv(path: str, sequences: Sequence[str], predictions: np.ndarray,
   lines = ['\t'.join(header)] if header else []
   lines += ['\t'.join([s] + [str(v) for v in row]) for s, row in zip(sequences, columns)]
   text = ''.join(line + '\n' for line in lines)
-  checkpoint_lib.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+  files.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def write_json(path: str, indices: Sequence[int], predictions: np.ndarray) -> None:
   # float(str(float32)): JSON then holds the float32's shortest text.
   payload = {str(i): float(str(np.float32(predictions[i]))) for i in indices}
   text = json.dumps(payload)
-  checkpoint_lib.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+  files.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def official_scores(predictions: np.ndarray, measured: np.ndarray, subsets_dir: str,
@@ -371,7 +372,7 @@ def report_metrics(found: Dict[str, object], n: int, rc_average: bool) -> None:
   if FLAGS.output_metrics_json:
     text = json.dumps(dict(found, n=n, checkpoint=FLAGS.checkpoint, input=FLAGS.input,
                            reverse_complement_average=rc_average))
-    checkpoint_lib.atomic_write(FLAGS.output_metrics_json,
+    files.atomic_write(FLAGS.output_metrics_json,
                                 lambda f: f.write(text.encode('utf-8')))
 
 
@@ -381,7 +382,7 @@ def report_official_scores(predictions: np.ndarray, measured: np.ndarray):
   table = scoring.format_markdown(score)
   print(table)
   if FLAGS.output_markdown:
-    checkpoint_lib.atomic_write(FLAGS.output_markdown,
+    files.atomic_write(FLAGS.output_markdown,
                                 lambda f: f.write(table.encode('utf-8')))
   return score
 

@@ -103,6 +103,7 @@ from enformer_small import checkpointer as checkpointer_lib
 from enformer_small import config as config_lib
 from enformer_small import distributed
 from enformer_small import dream_data
+from enformer_small import files
 from enformer_small import metrics as metrics_lib
 from enformer_small import model as model_lib
 from enformer_small import plasmid
@@ -467,7 +468,7 @@ def _best_of(history: Sequence[Dict[str, Any]]) -> Tuple[int, float]:
 def write_metrics_file(run_dir: str, history: Sequence[Dict[str, Any]]) -> str:
   path = os.path.join(run_dir, METRICS_FILE)
   text = ''.join(json.dumps(record) + '\n' for record in history)
-  checkpoint_lib.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+  files.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
   return path
 
 
@@ -499,7 +500,7 @@ def plot_history(run_dir: str, history: Sequence[Dict[str, Any]],
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
   path = os.path.join(run_dir, PLOT_FILE)
-  checkpoint_lib.atomic_write(path, lambda f: fig.savefig(f, format='png'))
+  files.atomic_write(path, lambda f: fig.savefig(f, format='png'))
   plt.close(fig)
   return path
 
@@ -775,7 +776,7 @@ def write_config_file(config: TrainConfig, run_data: RunData, plan: Plan,
       steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
       devices=jax.device_count(), processes=jax.process_count())
   path = os.path.join(config.run_dir, CONFIG_FILE)
-  checkpoint_lib.atomic_write(path, lambda f: f.write(json.dumps(used, indent=1).encode()))
+  files.atomic_write(path, lambda f: f.write(json.dumps(used, indent=1).encode()))
   return path
 
 

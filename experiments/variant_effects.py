@@ -32,6 +32,7 @@ from experiments import _runtime
 
 from enformer_small import attribution
 from enformer_small import checkpoint as checkpoint_lib
+from enformer_small import files
 from enformer_small import variant_effects
 
 FLAGS = flags.FLAGS
@@ -112,7 +113,7 @@ def run(argv_unused=None) -> variant_effects.Effects:
   print(f'predicted in {time.perf_counter() - started:.1f} s; '
         f'{int((~effects.window_changed).sum()):,} edit(s) outside the model window')
   text = '\n'.join(tsv_lines(header, rows, effects)) + '\n'
-  checkpoint_lib.atomic_write(FLAGS.output_tsv, lambda f: f.write(text.encode('utf-8')))
+  files.atomic_write(FLAGS.output_tsv, lambda f: f.write(text.encode('utf-8')))
   print(f'wrote {FLAGS.output_tsv}')
   return effects
 
