@@ -838,8 +838,12 @@ class SaveClock:
   """When to save within an epoch: every `minutes` (<= 0: never), by process 0's clock.
 
   Every process takes part in a save (orbax's barriers, the gathered predictions), so
-  with several they all follow process 0's decision, broadcast at each step.
+  with several they all follow process 0's decision. Its broadcast waits for every
+  process and so stops a step from overlapping the next: it is asked at most every
+  `MAX_STEPS_BETWEEN_ASKS` steps and at most ~50 times an epoch (a short epoch is
+  asked at every step), the same steps on every process. A save is that much late.
   """
+  MAX_STEPS_BETWEEN_ASKS = 20
 
   def __init__(self, minutes: float = 0.0):
     self.seconds = minutes * 60
@@ -848,14 +852,19 @@ class SaveClock:
   def reset(self) -> None:
     self.last = time.monotonic()
 
-  def due(self) -> bool:
+  def due(self, step: int, steps_per_epoch: int) -> bool:
+    """Whether to save after `step` (0-based, within the epoch); called by every
+    process after each step."""
     if self.seconds <= 0:
       return False
+    if jax.process_count() == 1:
+      return time.monotonic() - self.last >= self.seconds
+    between = max(1, min(self.MAX_STEPS_BETWEEN_ASKS, steps_per_epoch // 50))
+    if (step + 1) % between:
+      return False
+    from jax.experimental import multihost_utils
     due = time.monotonic() - self.last >= self.seconds
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
-    return due
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
 
 
 @dataclasses.dataclass
@@ -999,7 +1008,7 @@ def train_epoch(run: Run, train_state: training.TrainState, epoch: int,
       if pending is not None:
         tracker.add(*pending)  # The previous step's, while this one runs.
       pending = (metrics, i)
-      if i + 1 < steps and run.save_clock.due():
+      if i + 1 < steps and run.save_clock.due(i, steps):
         tracker.add(*pending)  # A save holds whole steps: this one's metrics too.
         pending = None
         save_within_epoch(run, train_state, epoch, tracker)

@@ -170,3 +170,30 @@ def test_splits_without_train_or_held_out_rows_are_refused(num_rows, num_holdout
   with pytest.raises(train_lib.TrainingError, match=re.escape(words)):
     train_lib.check_holdout('f.txt', num_rows, num_holdout)
   train_lib.check_holdout('f.txt', 6, 5)
+
+
+
+def _asked_at(monkeypatch, steps_per_epoch):
+  from jax.experimental import multihost_utils
+  asked = []
+  monkeypatch.setattr(train_lib.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all',
+                      lambda x: asked.append(int(x)) or x)
+  clock = train_lib.SaveClock(minutes=1e-9)
+  due = [step for step in range(45) if clock.due(step, steps_per_epoch)]
+  assert len(asked) == len(due)
+  return due
+
+
+def test_save_clock_of_several_processes_asks_process_0_every_20_steps_at_most(
+    monkeypatch):
+  assert _asked_at(monkeypatch, steps_per_epoch=5000) == [19, 39]
+  assert _asked_at(monkeypatch, steps_per_epoch=500) == list(range(9, 45, 10))
+  assert _asked_at(monkeypatch, steps_per_epoch=11) == list(range(45))
+
+
+def test_save_clock_of_one_process_reads_its_own_clock_each_step(monkeypatch):
+  monkeypatch.setattr(train_lib.jax, 'process_count', lambda: 1)
+  assert train_lib.SaveClock(minutes=1e-9).due(0, 5000)
+  assert not train_lib.SaveClock(minutes=60).due(0, 5000)
+  assert not train_lib.SaveClock(minutes=0).due(0, 5000)
