@@ -2,8 +2,10 @@
 
 Layout of a run directory:
 
-  checkpoints/<global step>/   the last `keep` saves, at epoch ends and within epochs,
-                               written by orbax (`orbax.checkpoint.CheckpointManager`):
+  checkpoints/<global step>/   the saves of the last `keep` epoch ends, and the newest
+                               save if it is within an epoch (an older one within an
+                               epoch is superseded), written by orbax
+                               (`orbax.checkpoint.CheckpointManager`):
       arrays/                  the numbered arrays of `checkpoint.pack_checkpoint`
                                (params, BatchNorm state, what training goes on from,
                                optimizer leaves, rng), and within an epoch the training
@@ -33,6 +35,7 @@ for processes that save nothing, or that read another number of checkpoints.
 """
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -127,7 +130,8 @@ class Checkpointer:
 
   Attributes:
     run_dir: the run directory.
-    keep: saves kept in `checkpoints/` (the newest); 0 keeps all.
+    keep: epoch-end saves kept in `checkpoints/` (the newest), besides the newest save
+      within an epoch; 0 keeps all.
   """
 
   def __init__(self, run_dir: str, keep: int = 3):
@@ -135,6 +139,7 @@ class Checkpointer:
     self.keep = keep
     self.directory = os.path.join(self.run_dir, CHECKPOINT_DIR)
     self._manager = None
+    self._at_epoch_end = {}  # step -> whether its save is of an epoch's end.
 
   def _open(self):
     """The orbax manager, made on first use: a run that never saves creates nothing."""
@@ -143,7 +148,8 @@ class Checkpointer:
       # Orbax leaves making the directory to us when it runs on one process alone.
       os.makedirs(self.directory, exist_ok=True)
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=self.keep or None, create=False, cleanup_tmp_directories=True,
+          # Retention is `_prune`'s: orbax's would count saves within epochs too.
+          max_to_keep=None, create=False, cleanup_tmp_directories=True,
           multiprocessing_options=_alone(),
           # Synchronous: a save is whole once `save` returns, so Ctrl-C, deferred
           # while it runs, never leaves one half written.
@@ -203,7 +209,31 @@ class Checkpointer:
     if not saved:  # Orbax declines, without an error, a step not after its newest.
       raise checkpoint_lib.CheckpointError(
           f'{path}: not saved: {self.path(self.steps()[-1])} is of a later step')
+    self._at_epoch_end[step] = progress is None
+    self._prune()
     return path
+
+  def _prune(self) -> None:
+    """Deletes all but the saves of the last `keep` epoch ends and the newest save."""
+    if not self.keep:
+      return
+    steps = self.steps()
+    ends = [step for step in steps if self._is_epoch_end(step)]
+    kept = set(ends[-self.keep:]) | set(steps[-1:])
+    for step in steps:
+      if step not in kept:
+        self._manager.delete(step)
+
+  def _is_epoch_end(self, step: int) -> bool:
+    """From the save's metadata; one that cannot be read counts as within an epoch, so
+    that it never displaces an epoch end (restoring would skip it anyway)."""
+    if step not in self._at_epoch_end:
+      try:
+        with open(os.path.join(self.path(step), 'meta', 'metadata'), 'rb') as f:
+          self._at_epoch_end[step] = json.load(f).get('progress') is None
+      except (OSError, ValueError, AttributeError):
+        self._at_epoch_end[step] = False
+    return self._at_epoch_end[step]
 
   def read(self, path: str, opt_state_template: Any = None) -> Restored:
     """Reads and verifies one checkpoint: a save in `checkpoints/` or an `.npz` file.

@@ -36,8 +36,9 @@ A run directory (--run_dir) receives, from process 0 only:
                              epoch's last global step, and the step loss, learning rate
                              and seq/s ('step/...') every --tensorboard_every_steps steps
   checkpoints/<step>/        orbax saves under their global step: at the end of every
-                             epoch and every --save_every_minutes within one; the last
-                             --keep_checkpoints of them (see checkpointer.py)
+                             epoch and every --save_every_minutes within one: those of
+                             the last --keep_checkpoints epoch ends and the newest save
+                             (see checkpointer.py)
   checkpoint_best.npz        the epoch with the best held-out Pearson so far, one
                              pickle-free file (what predict and the others read)
   train_config.json          the flags of the run, with what they resolved to (the file
@@ -1393,8 +1394,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum('compute_dtype', d.compute_dtype, ['float32', 'bfloat16'],
                     'Activation dtype (parameters stay float32).', **fv)
   flags.DEFINE_integer('keep_checkpoints', d.keep_checkpoints,
-                       'Checkpoints kept in --run_dir/checkpoints, at epoch ends and '
-                       'within epochs (the best one is kept apart); 0: all.', **fv)
+                       'Epoch-end saves kept in --run_dir/checkpoints, besides the '
+                       'newest save within an epoch (the best epoch is kept apart); '
+                       '0: all.', **fv)
   flags.DEFINE_integer('debug_nan_at_step', d.debug_nan_at_step,
                        'Testing only: NaN targets at this 0-based global step.', **fv)
   define_own_data_flags(flag_values)

@@ -273,6 +273,20 @@ def test_checkpointer_keeps_the_last_k_saves(tmp_path):
   assert saver.latest() == os.path.join(tmp_path, 'checkpoints', '20')
 
 
+def test_checkpointer_keeps_the_last_k_epoch_ends_and_the_newest_save(tmp_path):
+  """Saves within an epoch do not push epoch ends out; each supersedes the older ones."""
+  saver = checkpointer_lib.Checkpointer(tmp_path, keep=2)
+  for step in (5, 10, 12, 15, 20, 25, 30, 33, 36):  # Epoch ends: 10, 20, 30.
+    saver.save(progress=None if step % 10 == 0 else _progress(), **_fields(step=step)[1])
+  assert saver.steps() == [20, 30, 36]
+  # A resumed run's Checkpointer reads which saves are epoch ends from their metadata.
+  resumed = checkpointer_lib.Checkpointer(tmp_path, keep=2)
+  resumed.save(progress=_progress(), **_fields(step=38)[1])
+  assert resumed.steps() == [20, 30, 38]
+  resumed.save(**_fields(step=40)[1])
+  assert resumed.steps() == [30, 40]
+
+
 def test_checkpointer_writes_json_and_tensorstore_files_only(tmp_path):
   """No pickle anywhere: every file is JSON, orbax's text markers or tensorstore's
   OCDBT data, none starting like a pickle (protocol 2-5)."""

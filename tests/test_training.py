@@ -215,7 +215,7 @@ def stopped_within_an_epoch(runs):
 
 def test_saves_within_an_epoch_hold_the_position_and_predictions(stopped_within_an_epoch):
   saver = checkpointer.Checkpointer(stopped_within_an_epoch)
-  assert saver.steps() == [18, 19]
+  assert saver.steps() == [15, 19]  # Epoch 1's end and the newest save (keep 2).
   restored = saver.restore_latest()
   assert (restored.checkpoint.epoch, restored.checkpoint.step) == (1, 19)
   assert restored.progress.steps == 4
