@@ -8,7 +8,8 @@
 - The synthetic generator's record of planted motifs (`synthetic.planted_sites`) marks
   real motif instances.
 - Slow tier: a model trained as the demo trains puts its attributions on the planted
-  motifs (AUROC of |attribution|, motif vs other positions, >= 0.8).
+  motifs (AUROC of |attribution|, motif vs other positions; the issue's 0.8 is above
+  what the generator's own function reaches, see the test).
 """
 
 import os
@@ -331,28 +332,29 @@ def test_planted_sites_of_a_row_range_match_the_whole_set():
 
 
 def _trained_checkpoint(tmp_path_factory) -> str:
-  """ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT, else a short demo-recipe run (~4 min)."""
+  """ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT (the demo's checkpoint_best.npz), else the
+  demo itself, unchanged (~11 min on 2 CPU cores)."""
   given = os.environ.get('ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT')
   if given:
     return given
   run_dir = tmp_path_factory.mktemp('attr_demo')
   subprocess.run([sys.executable, '-m', 'experiments.train', '--flagfile=demo.flags',
                   f'--run_dir={run_dir}', f'--synthetic_dir={run_dir}/data',
-                  '--num_epochs=1', '--synthetic_rows=60000', '--noprogress'],
-                 cwd=REPO_ROOT, check=True)
+                  '--noprogress'], cwd=REPO_ROOT, check=True)
   return str(run_dir / 'checkpoint_best.npz')
 
 
 @pytest.mark.slow
 def test_attributions_of_a_trained_model_fall_on_the_planted_motifs(tmp_path_factory):
   """AUROC of |attribution| at planted-motif positions against the other random-region
-  positions of 500 unseen synthetic rows.
+  positions of 500 unseen synthetic rows, for the model the demo trains.
 
-  The issue's goal is 0.8 for ISM and gradient x input. Measured (BUILD_NOTES): ISM
-  0.713, gradient x input 0.571 for the 1-epoch demo-recipe model, while the
-  generator's own expression function scores 0.799 under the same labelling (background
-  sites and the G+C term make non-motif positions matter too), so the goal is out of
-  reach by construction for this labelling; the assertions guard what is reached.
+  The issue's goal is 0.8 for ISM and gradient x input. Measured (BUILD_NOTES): the
+  generator's own expression function scores 0.7995 under this labelling (weakly bound
+  planted instances, unplanted sites and the G+C term; no per-position aggregation
+  lifts it: tests/test_attribution_ceiling.py), the demo's model ISM 0.7535 and gradient
+  x input 0.6246 (the demo shortened to 1 epoch of 60,000 rows: 0.713 / 0.571, below
+  these guards). The assertions guard what the demo's recipe reaches.
   """
   from experiments import attribute
   from enformer_small import checkpoint
@@ -369,9 +371,9 @@ def test_attributions_of_a_trained_model_fall_on_the_planted_motifs(tmp_path_fac
       'generator_ism': np.abs(attribute.generator_ism(data, window)).sum(axis=-1)})
   print({m: round(v['all'], 4) for m, v in found.items()})
   ceiling = found['generator_ism']['all']
-  assert 0.75 < ceiling < 0.85
-  assert found['ism']['all'] >= ceiling - 0.12
-  assert found['gradient_x_input']['all'] >= 0.55
+  assert 0.79 < ceiling < 0.81
+  assert found['ism']['all'] >= ceiling - 0.07
+  assert found['gradient_x_input']['all'] >= 0.60
 
 
 # ---------------------------------------------------------------------------
