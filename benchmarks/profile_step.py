@@ -131,6 +131,39 @@ def module_of(op_names):
   return counts.most_common(1)[0][0] if counts else '(unnamed)'
 
 
+_SECTIONS = (('stem', 'stem'), ('conv_tower', 'conv_tower'), ('/mlp/', 'transformer mlp'),
+             ('/mha/', 'transformer attention'), ('final_pointwise', 'final_pointwise'),
+             ('head_', 'head'))
+_PARTS = (('dropout', 'dropout'), ('threefry', 'dropout'), ('random_bits', 'dropout'),
+          ('batch_norm', 'batch_norm'), ('layer_norm', 'layer_norm'),
+          ('conv1_d', 'conv'), ('linear', 'linear'), ('_layer', 'linear'))
+
+
+def component_of(op_names):
+  """'section: part' (e.g. 'conv_tower: batch_norm') most of an instruction comes from.
+
+  Finer than `module_of`: a section of the model (stem, conv_tower, transformer
+  attention or mlp, final_pointwise, head, optimizer) and the kind of layer within it.
+  GELU and residual adds have no scope of their own and count as the section's 'other'.
+  """
+  counts = collections.Counter()
+  for name in op_names:
+    if 'sgd' in name or 'apply_updates' in name:
+      counts['optimizer'] += 1
+      continue
+    hit = next(((key, s) for key, s in _SECTIONS if key in name), None)
+    if hit is None:
+      counts['(outside the model)'] += 1
+      continue
+    key, section = hit
+    tail = name.split(key, 1)[-1]
+    part = next((p for k, p in _PARTS if k in tail), 'other')
+    if section == 'transformer attention' and part == 'other' and 'attention_' in tail:
+      part = 'attention core'  # logits, relative shift, softmax, weights x values
+    counts[f'{section}: {part}'] += 1
+  return counts.most_common(1)[0][0] if counts else '(unnamed)'
+
+
 def kernel_times(trace_dir):
   """{event name: total ns} over the device planes of a trace.
 
@@ -186,9 +219,9 @@ def profile(step, train_state, batch, args, label, out_dir):
   times = kernel_times(trace_dir)
   rows = classify(times, ops, inner, args.trace_steps)
   with open(os.path.join(out_dir, f'{label}.ops.tsv'), 'w') as f:
-    f.write('ms_per_step\tinstruction\tclass\tmodule\n')
+    f.write('ms_per_step\tinstruction\tclass\tmodule\tcomponent\n')
     for row in rows:
-      f.write('%.4f\t%s\t%s\t%s\n' % row)
+      f.write('%.4f\t%s\t%s\t%s\t%s\n' % row)
   return statistics.median(rates), rows, train_state
 
 
@@ -201,7 +234,8 @@ def classify(times, ops, inner, steps):
     cls = (library_kernel_class(kernel) if name not in ops else
            op_class(opcode, inner.get(name, set()), names))
     rows.append((ns / steps / 1e6, kernel, cls or 'library kernel',
-                 module_of(names) if names else '(library call)'))
+                 module_of(names) if names else '(library call)',
+                 component_of(names) if names else '(library call)'))
   return sorted(rows, reverse=True)
 
 
@@ -221,12 +255,17 @@ def summarise(label, seq_s, rows, batch):
   total = sum(r[0] for r in rows)
   print(f'\n== {label}: {seq_s:,.0f} seq/s (step {1e3 * batch / seq_s:.2f} ms wall, '
         f'{total:.2f} ms of kernels, {len(rows)} kernels per step)')
-  for key, title in ((2, 'class'), (3, 'module')):
+  for key, title, top in ((2, 'class', 8), (3, 'module', 8), (4, 'component', 40)):
     sums = collections.Counter()
     for r in rows:
       sums[r[key]] += r[0]
     print(f'  by {title}: ' + '; '.join(f'{k} {v:.2f} ms ({100 * v / total:.0f}%)'
-                                       for k, v in sums.most_common(8)))
+                                       for k, v in sums.most_common(top)))
+  cross = collections.Counter()
+  for r in rows:
+    cross[(r[4].split(':')[0], r[2])] += r[0]
+  print('  by section and class (ms): ' + '; '.join(
+      f'{s} / {c} {v:.2f}' for (s, c), v in cross.most_common(30)))
   print('  top kernels: ' + '; '.join(f'{r[1]} [{r[2]}, {r[3]}] {r[0]:.3f} ms'
                                       for r in rows[:8]))
 

@@ -101,10 +101,11 @@ class MultiheadAttention(hk.Module):
       if is_training and self._positional_dropout_rate:
         positional_encodings = dropout(
             hk.next_rng_key(), self._positional_dropout_rate, positional_encodings)
-      r_k = self._multihead_output(self._r_k_layer, positional_encodings)
-      # [1, H, 2T-1, K]
+      # [H, 2T-1, K], one for the whole batch: contracting it with a batch axis of 1
+      # made XLA broadcast it to [B, H, 2T-1, K] and run B x H tiny matmuls.
+      r_k = self._multihead_output(self._r_k_layer, positional_encodings[0])
       content_logits = jnp.einsum('bhik,bhjk->bhij', q + r_w_bias, k)
-      relative_logits = jnp.einsum('bhik,bhjk->bhij', q + r_r_bias, r_k)
+      relative_logits = jnp.einsum('bhik,hjk->bhij', q + r_r_bias, r_k)
       relative_logits = relative_shift(relative_logits)  # [B, H, T, T]
       logits = content_logits + relative_logits
     else:
