@@ -64,8 +64,8 @@ def check_shifts(shifts: Sequence[int], start: int, length: int,
   if bad:
     raise ValueError(
         f'eval shifts {tuple(bad)} move the {length} bp window [{start}:{start + length}] '
-        f'outside the {row_length} bp rows it is cut from; a larger plasmid context '
-        f'(or smaller shifts) is needed')
+        f'outside the {row_length} bp rows it is cut from: use smaller shifts or, for '
+        f'DREAM rows, a larger plasmid context')
 
 
 def average(predict_pass: Callable[[int, bool], np.ndarray],

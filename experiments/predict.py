@@ -210,11 +210,6 @@ def read_indices(path: str, num_rows: int) -> List[int]:
 # Prediction.
 
 
-def reverse_complement_default(ckpt: checkpoint_lib.Checkpoint) -> bool:
-  """Whether the checkpoint's training evaluated with reverse-complement averaging."""
-  return bool(ckpt.recipe.get('eval_reverse_complement', False))
-
-
 def windows_for(ckpt: checkpoint_lib.Checkpoint, row_length: int, *,
                 reverse_complement_average: Optional[bool] = None,
                 eval_shifts: Optional[Sequence[int]] = None
