@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from enformer_small import window_average
+
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine', 'one_cycle')
 LOSSES = ('poisson', 'mse', 'soft_bin')
@@ -60,6 +62,11 @@ class Recipe:
       probability 1/2.
     eval_reverse_complement: evaluation and prediction average each prediction with
       that of the reverse-complemented window.
+    eval_shifts: evaluation and prediction average the predictions of the window at
+      each of these shifts (bp, distinct; with `eval_reverse_complement` both strands
+      of each), cut from the rows the training windows come from, so for DREAM rows
+      the plasmid context must cover them (`window_average`); empty: the unshifted
+      window only (the seed's).
     plasmid_context: bases of the real plasmid added on each side of the 110 bp
       construct (`plasmid.py`), so that windows may be longer than 110 bp or shifted
       further; 0: none (the seed's).
@@ -98,6 +105,7 @@ class Recipe:
   ema_decay: float = 0.0
   reverse_complement: bool = False
   eval_reverse_complement: bool = False
+  eval_shifts: Tuple[int, ...] = ()
   plasmid_context: int = 0
   bn_recalibration_batches: int = 0
   early_stopping_patience: int = 0
@@ -109,6 +117,8 @@ class Recipe:
 
   def __post_init__(self):
     object.__setattr__(self, 'freeze', tuple(self.freeze))
+    object.__setattr__(self, 'eval_shifts',
+                       window_average.normalise_shifts(self.eval_shifts))
     for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES),
                           ('loss', LOSSES)):
       if getattr(self, name) not in allowed:

@@ -41,13 +41,18 @@ table, centred unless train's --crop_start said otherwise), else
 X[:, 15:100]), 0 for 110 bp. Rows go through in input order, in batches of
 --batch_size (the last one padded and masked), eval mode (BatchNorm moving averages, no
 dropout). --reverse_complement_average averages each prediction with that of the
-reverse-complemented window.
+reverse-complemented window; --eval_shifts=-10,-5,0,5,10 with those of the windows at
+[s + shift, s + shift + L) (both strands of each with reverse-complement averaging), which
+must lie within the rows (with the plasmid context: a 110 bp window needs a context of at
+least |shift|). The same averaging as held-out evaluation in training
+(`window_average.average`).
 
 Inference settings recorded by training apply by default: reverse-complement averaging
 when the checkpoint's recipe had --eval_reverse_complement (--reverse_complement_average
-or --noreverse_complement_average overrides it), the plasmid context its windows were
-cut with (`crop_start` then counts in the extended rows), and for a soft-bin head the
-expectation over the bins (`training.make_eval_step`).
+or --noreverse_complement_average overrides it), its --eval_shifts (--eval_shifts
+overrides them; --eval_shifts=0: the unshifted window only), the plasmid context its
+windows were cut with (`crop_start` then counts in the extended rows), and for a
+soft-bin head the expectation over the bins (`training.make_eval_step`).
 
 Outputs (each value the shortest text that reads back as the same float32):
   --output_tsv    the final-phase submission: `sequence<TAB>prediction`, input order, the
@@ -77,7 +82,7 @@ import dataclasses
 import json
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 import jax
@@ -93,6 +98,7 @@ from enformer_small import model as model_lib
 from enformer_small import scoring
 from enformer_small import tables
 from enformer_small import training
+from enformer_small import window_average
 
 FLAGS = flags.FLAGS
 
@@ -204,58 +210,88 @@ def read_indices(path: str, num_rows: int) -> List[int]:
 # Prediction.
 
 
-def reverse_complement_default(ckpt: checkpoint_lib.Checkpoint) -> bool:
-  """Whether the checkpoint's training evaluated with reverse-complement averaging."""
-  return bool(ckpt.recipe.get('eval_reverse_complement', False))
+def windows_for(ckpt: checkpoint_lib.Checkpoint, row_length: int, *,
+                reverse_complement_average: Optional[bool] = None,
+                eval_shifts: Optional[Sequence[int]] = None
+                ) -> window_average.Windows:
+  """The windows averaged per row: the checkpoint's recorded ones unless overridden.
+
+  row_length: codes per row before the plasmid context is added. Raises ValueError
+  when a shift moves the window outside the (extended) rows.
+  """
+  recorded = window_average.of_recipe(ckpt.recipe)
+  windows = window_average.Windows(
+      shifts=recorded.shifts if eval_shifts is None else tuple(eval_shifts),
+      reverse_complement=(recorded.reverse_complement
+                          if reverse_complement_average is None
+                          else reverse_complement_average))
+  window_average.check_shifts(windows.shifts, ckpt.crop_start,
+                              ckpt.model_config.input_length,
+                              row_length + 2 * ckpt.plasmid_context)
+  return windows
 
 
 def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
                   batch_size: int = 1000,
                   reverse_complement_average: Optional[bool] = None,
+                  eval_shifts: Optional[Sequence[int]] = None,
                   progress: bool = False) -> np.ndarray:
   """float32 eval-mode predictions in row order: [N], or [N, T] for T outputs.
 
   codes: uint8 [N, W], the rows the training cut its windows from: 110 bp DREAM
   encodings (the plasmid context is added here), or a table's at its length.
+  reverse_complement_average, eval_shifts: the windows averaged
+  (`window_average.average`); None: as the checkpoint's training evaluated.
   """
+  windows = windows_for(ckpt, codes.shape[1], eval_shifts=eval_shifts,
+                        reverse_complement_average=reverse_complement_average)
+  if ckpt.plasmid_context:
+    from enformer_small import plasmid
+    codes = plasmid.add_context(codes, ckpt.plasmid_context)
+  bar = None
+  if progress:
+    import tqdm
+    bar = tqdm.tqdm(total=codes.shape[0] * len(windows.passes), unit='seq',
+                    unit_scale=True, dynamic_ncols=True, leave=False, file=sys.stderr)
+  predict_pass = _pass_predictor(ckpt, codes, batch_size, bar)
+  predictions = window_average.average(predict_pass, windows)
+  if bar is not None:
+    bar.close()
+  return predictions
+
+
+def _pass_predictor(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray,
+                    batch_size: int, bar) -> Callable[[int, bool], np.ndarray]:
+  """(shift, reverse) -> every row's prediction for that window, in row order."""
   from enformer_small import dataset  # TensorFlow: imported only when needed.
   config = ckpt.model_config
   devices = jax.local_device_count()
   batch_size = -(-batch_size // devices) * devices
-  if reverse_complement_average is None:
-    reverse_complement_average = reverse_complement_default(ckpt)
-  if ckpt.plasmid_context:
-    from enformer_small import plasmid
-    codes = plasmid.add_context(codes, ckpt.plasmid_context)
   pipeline = dataset.PipelineConfig(crop_start=ckpt.crop_start,
                                     crop_length=config.input_length, shifts=(0,))
   eval_step = training.make_eval_step(config)
   params = training.replicate(ckpt.params)
   state = training.replicate(ckpt.state)
-  passes = [False, True] if reverse_complement_average else [False]
   outputs = model_lib.num_outputs(config)
-  total = np.zeros((codes.shape[0],) + ((outputs,) if outputs > 1 else ()), np.float64)
-  bar = None
-  if progress:
-    import tqdm
-    bar = tqdm.tqdm(total=codes.shape[0] * len(passes), unit='seq', unit_scale=True,
-                    dynamic_ncols=True, leave=False, file=sys.stderr)
-  for reverse in passes:
+  shape = (codes.shape[0],) + ((outputs,) if outputs > 1 else ())
+
+  def predict_pass(shift: int, reverse: bool) -> np.ndarray:
+    predictions = np.zeros(shape, np.float32)
     seen = np.zeros(codes.shape[0], bool)
     for batch in dataset.predict_batches(
         codes, global_batch_size=batch_size, local_device_count=devices,
-        config=pipeline, reverse_complement=reverse):
+        config=pipeline, shift=shift, reverse_complement=reverse):
       out = np.asarray(eval_step(params, state, training.shard_batch(batch['inputs'])))
       mask = batch['mask']
       index = batch['index'][mask]
-      total[index] += out[mask]
+      predictions[index] = out[mask]
       seen[index] = True
       if bar is not None:
         bar.update(int(mask.sum()))
     assert seen.all(), 'every row is predicted exactly once per pass'
-  if bar is not None:
-    bar.close()
-  return (total / len(passes)).astype(np.float32)
+    return predictions
+
+  return predict_pass
 
 
 def write_tsv(path: str, sequences: Sequence[str], predictions: np.ndarray,
@@ -306,6 +342,11 @@ def define_flags() -> None:
   flags.DEFINE_bool('reverse_complement_average', None,
                     'Average with the prediction for the reverse complement (default: '
                     "as the checkpoint's training evaluated, --eval_reverse_complement).")
+  flags.DEFINE_list('eval_shifts', None,
+                    'Average the predictions of the window shifted by each of these bp '
+                    '(e.g. -10,-5,0,5,10; with reverse-complement averaging both '
+                    "strands of each); default: as the checkpoint's training evaluated, "
+                    '--eval_shifts (none: the unshifted window).')
   flags.DEFINE_integer('batch_size', 1000, 'Rows per batch (all local devices).')
   flags.DEFINE_string('output_metrics_json', None,
                       'Write the metrics against the measured values here.')
@@ -362,7 +403,15 @@ def correlations(predictions: np.ndarray, measured: np.ndarray,
                           for i, name in enumerate(names)})
 
 
-def report_metrics(found: Dict[str, object], n: int, rc_average: bool) -> None:
+def averaging_note(windows: window_average.Windows) -> str:
+  parts = ((['reverse-complement'] if windows.reverse_complement else []) +
+           ([f'shift ({",".join(str(s) for s in windows.shifts)})']
+            if windows.shifts else []))
+  return f' with {" and ".join(parts)} averaging' if parts else ''
+
+
+def report_metrics(found: Dict[str, object], n: int,
+                   windows: window_average.Windows) -> None:
   """Prints the correlations (a line per target) and writes --output_metrics_json."""
   per_target = found.get('per_target', {'': found})
   for name, values in per_target.items():
@@ -371,7 +420,8 @@ def report_metrics(found: Dict[str, object], n: int, rc_average: bool) -> None:
   print(SCALE_NOTE)
   if FLAGS.output_metrics_json:
     text = json.dumps(dict(found, n=n, checkpoint=FLAGS.checkpoint, input=FLAGS.input,
-                           reverse_complement_average=rc_average))
+                           reverse_complement_average=windows.reverse_complement,
+                           eval_shifts=list(windows.shifts)))
     files.atomic_write(FLAGS.output_metrics_json,
                                 lambda f: f.write(text.encode('utf-8')))
 
@@ -395,9 +445,14 @@ def run(argv_unused=None) -> Dict[str, object]:
   rows = read_rows(FLAGS.input, spec)
   n = len(rows.sequences)
   indices = read_indices(FLAGS.indices_json, n) if FLAGS.indices_json else None
-  rc_average = (reverse_complement_default(ckpt)
-                if FLAGS.reverse_complement_average is None
-                else FLAGS.reverse_complement_average)
+  try:
+    shifts = (None if FLAGS.eval_shifts is None
+              else tuple(int(s) for s in FLAGS.eval_shifts))
+  except ValueError:
+    raise PredictError(f'--eval_shifts must be integers, got '
+                       f'{",".join(FLAGS.eval_shifts)}') from None
+  windows = windows_for(ckpt, rows.codes.shape[1], eval_shifts=shifts,
+                        reverse_complement_average=FLAGS.reverse_complement_average)
   L, start, width = ckpt.model_config.input_length, ckpt.crop_start, rows.codes.shape[1]
   print(f'{FLAGS.checkpoint}: {L} bp model (window [{start}:{start + L}] of '
         f'{width + 2 * ckpt.plasmid_context}), epoch {ckpt.epoch}; {n:,} rows from '
@@ -406,11 +461,11 @@ def run(argv_unused=None) -> Dict[str, object]:
   t = time.perf_counter()
   predictions = predict_codes(
       ckpt, rows.codes, batch_size=FLAGS.batch_size,
-      reverse_complement_average=rc_average,
-      progress=FLAGS.progress and sys.stderr.isatty())
+      reverse_complement_average=windows.reverse_complement,
+      eval_shifts=windows.shifts, progress=FLAGS.progress and sys.stderr.isatty())
   seconds = time.perf_counter() - t
   print(f'predicted {n:,} rows in {seconds:.1f} s ({n / seconds:,.0f} seq/s)'
-        + (' with reverse-complement averaging' if rc_average else ''))
+        + averaging_note(windows))
   if FLAGS.output_tsv:  # A table run: a table the training reader reads back.
     header = (spec.sequence_column,) + spec.target_columns if spec else ()
     write_tsv(FLAGS.output_tsv, rows.sequences, predictions, header)
@@ -425,7 +480,7 @@ def run(argv_unused=None) -> Dict[str, object]:
     return result
   result['metrics'] = correlations(predictions, rows.measured,
                                    spec.target_columns if spec else ())
-  report_metrics(result['metrics'], n, rc_average)
+  report_metrics(result['metrics'], n, windows)
   if FLAGS.subsets_dir:
     result['score'] = report_official_scores(predictions, rows.measured)
   return result

@@ -15,7 +15,7 @@ Adam / AdamW with decoupled weight decay (--optimizer, --weight_decay), gradient
 clipping (--clip_global_norm), learning-rate schedules over the whole run (--schedule
 warmup_cosine | one_cycle), Polyak averaging of the parameters (--ema_decay),
 reverse-complement augmentation (--reverse_complement) and averaging in evaluation and
-prediction (--eval_reverse_complement), windows reaching into the real plasmid around
+prediction (--eval_reverse_complement; over shifted windows too: --eval_shifts), windows reaching into the real plasmid around
 the construct (--plasmid_context with longer --input_length or wider --shifts),
 BatchNorm averages re-estimated without dropout before each evaluation
 (--bn_recalibration_batches), early stopping (--early_stopping_patience), and MSE or
@@ -48,12 +48,14 @@ A run directory (--run_dir) receives, from process 0 only:
 Checkpoints hold what is evaluated (with --ema_decay the parameter average, with
 --bn_recalibration_batches the re-estimated BatchNorm averages), what training goes on
 from, the recipe, and the window; experiments.predict applies the recorded inference
-settings (reverse-complement averaging, plasmid context, soft-bin expectation).
+settings (reverse-complement and shift averaging, plasmid context, soft-bin
+expectation).
 
 Train correlations are computed from the predictions the train steps make anyway
 (training mode: dropout on, BatchNorm on batch statistics, parameters moving during the
 epoch), as Keras reports training metrics; they cost nothing extra but sit below what the
-final parameters would score in eval mode. Held-out metrics are eval mode, shift 0.
+final parameters would score in eval mode. Held-out metrics are eval mode, shift 0 (or
+the mean over --eval_shifts).
 
 Reproducibility: parameters start from --seed; the data order, shifts and flips of
 epoch e depend only on (--seed, e); the learning rate depends only on the step. A run
@@ -111,6 +113,7 @@ from enformer_small import plasmid
 from enformer_small import recipe as recipe_lib
 from enformer_small import summaries
 from enformer_small import training
+from enformer_small import window_average
 
 FLAGS = flags.FLAGS
 
@@ -179,6 +182,9 @@ class TrainConfig(recipe_lib.Recipe):
       if self.loss == 'soft_bin' and len(self.target_columns) > 1:
         raise ValueError('--loss=soft_bin predicts one target; use poisson or mse '
                          f'for {len(self.target_columns)} target columns')
+    if self.eval_shifts:
+      window_average.check_shifts(self.eval_shifts, self.window_start,
+                                  self.input_length, self.row_length)
 
   @property
   def table_spec(self):
@@ -1064,13 +1070,13 @@ def eval_variables(run: Run, train_state: training.TrainState, epoch: int):
   return params, state
 
 
-def _holdout_pass(run: Run, params, state, reverse: bool):
+def _holdout_pass(run: Run, params, state, shift: int, reverse: bool):
   from enformer_small import dataset
   preds, targets, masks = [], [], []
   for batch in dataset.eval_batches(
       run.data.rows, run.data.holdout_rows, global_batch_size=run.plan.eval_batch_size,
       local_device_count=jax.local_device_count(), process_index=jax.process_index(),
-      process_count=jax.process_count(), config=run.plan.pipeline,
+      process_count=jax.process_count(), config=run.plan.pipeline, shift=shift,
       reverse_complement=reverse):
     out = np.asarray(run.steps.eval(params, state, training.shard_batch(batch['inputs'])))
     preds.append(_per_row(out, run.config))
@@ -1084,13 +1090,19 @@ def _holdout_pass(run: Run, params, state, reverse: bool):
 
 
 def evaluate(run: Run, params, state) -> Tuple[np.ndarray, np.ndarray, float]:
-  """Held-out predictions (eval mode, shift 0; with --eval_reverse_complement the
-  mean over both strands), their targets, and the seconds it took."""
+  """Held-out predictions (eval mode; the mean over the windows of --eval_shifts and,
+  with --eval_reverse_complement, both strands: `window_average.average`, as
+  experiments.predict), their targets, and the seconds it took."""
   started = time.perf_counter()
-  strands = (False, True) if run.config.eval_reverse_complement else (False,)
-  passes = [_holdout_pass(run, params, state, reverse) for reverse in strands]
-  preds = passes[0][0] if len(passes) == 1 else (passes[0][0] + passes[1][0]) / 2
-  return preds, passes[0][1], time.perf_counter() - started
+  targets = []
+
+  def predict_pass(shift: int, reverse: bool) -> np.ndarray:
+    preds, pass_targets = _holdout_pass(run, params, state, shift, reverse)
+    targets.append(pass_targets)
+    return preds
+
+  preds = window_average.average(predict_pass, window_average.of_recipe(run.config))
+  return preds, targets[0], time.perf_counter() - started
 
 
 def run_epoch(run: Run, train_state: training.TrainState, epoch: int,
@@ -1496,6 +1508,12 @@ def define_recipe_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_bool('eval_reverse_complement', d.eval_reverse_complement,
                     'Evaluation (and experiments.predict by default): average the '
                     'predictions for both strands.', **fv)
+  flags.DEFINE_list('eval_shifts', list(map(str, d.eval_shifts)),
+                    'Evaluation (and experiments.predict by default): average the '
+                    'predictions of the windows at these shifts (bp, e.g. '
+                    '-10,-5,0,5,10; both strands of each with --eval_reverse_complement), '
+                    'which must stay within the rows (--plasmid_context); none: the '
+                    'unshifted window.', **fv)
   flags.DEFINE_integer('plasmid_context', d.plasmid_context,
                        'Bases of the real plasmid added on each side of the 110 bp '
                        f'construct (0..{plasmid.MAX_CONTEXT}), for longer '
@@ -1526,7 +1544,8 @@ def define_recipe_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
   fields = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
-  fields['shifts'] = tuple(int(s) for s in fields['shifts'])
+  for name in ('shifts', 'eval_shifts'):
+    fields[name] = tuple(int(s) for s in fields[name] or ())
   for name in ('freeze', 'target_columns'):
     fields[name] = tuple(fields[name] or ())
   return TrainConfig(**fields)

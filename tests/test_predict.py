@@ -52,10 +52,11 @@ def random_rows(n, seed=0):
   return sequences, np.round(rng.uniform(0, 17, n), 3)
 
 
-def reference_predictions(ckpt, sequences, reverse=False):
-  """A direct eval-mode model call on the checkpoint's window of the 110 bp encoding."""
+def reference_predictions(ckpt, sequences, reverse=False, shift=0):
+  """A direct eval-mode model call on the checkpoint's window of the 110 bp encoding
+  (moved by `shift`)."""
   codes = dream_data.encode_sequences(sequences)
-  start, length = ckpt.crop_start, ckpt.model_config.input_length
+  start, length = ckpt.crop_start + shift, ckpt.model_config.input_length
   x = dream_data.one_hot(codes[:, start:start + length])
   if reverse:  # reverse complement: A,C,G,T channels reversed, positions reversed.
     x = x[:, ::-1, ::-1]
@@ -221,6 +222,37 @@ def test_reverse_complement_average_is_the_mean_of_both_strands(setup):
   _, predicted = read_tsv(tmp / 'rc.tsv')
   np.testing.assert_allclose(predicted, (forward + reverse) / 2, rtol=1e-5, atol=1e-5)
   assert not np.allclose(forward, reverse, atol=1e-3)
+
+
+def test_eval_shifts_average_the_shifted_windows_and_are_recorded(setup):
+  """--eval_shifts=-15,4 on one strand: the mean of the windows [0:85] and [19:104];
+  the metrics file names the windows averaged; a window beyond the rows is one line."""
+  tmp = setup['tmp']
+  result = run_module(
+      'experiments.predict', f'--checkpoint={setup["ckpt_path"]}',
+      f'--input={setup["data"]}', f'--output_tsv={tmp / "shifted.tsv"}',
+      f'--output_metrics_json={tmp / "shifted.json"}', '--eval_shifts=-15,4',
+      '--batch_size=16', '--noprogress', cache=setup['cache'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'with shift (-15,4) averaging' in result.stdout
+  windows = [reference_predictions(setup['ckpt'], setup['sequences'], shift=s)
+             for s in (-15, 4)]
+  _, predicted = read_tsv(tmp / 'shifted.tsv')
+  np.testing.assert_allclose(predicted, (windows[0] + windows[1]) / 2, rtol=1e-5,
+                             atol=1e-5)
+  assert not np.allclose(windows[0], windows[1], atol=1e-3)
+  found = json.loads((tmp / 'shifted.json').read_text())
+  assert (found['eval_shifts'], found['reverse_complement_average']) == ([-15, 4], False)
+
+  result = run_module(
+      'experiments.predict', f'--checkpoint={setup["ckpt_path"]}',
+      f'--input={setup["data"]}', f'--output_tsv={tmp / "never.tsv"}',
+      '--eval_shifts=0,16', cache=setup['cache'])
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: eval shifts (16,) move the 85 bp window [15:100] outside the 110 bp rows '
+      'it is cut from: use smaller shifts or, for DREAM rows, a larger plasmid context')
+  assert not (tmp / 'never.tsv').exists()
 
 
 def test_bad_checkpoint_is_one_error_line(setup):

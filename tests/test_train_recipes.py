@@ -93,12 +93,14 @@ def test_default_recipe_steps_are_the_seeds_bit_for_bit():
 
 
 # Every option at once: AdamW with decay and clipping on a one-cycle schedule, EMA,
-# both kinds of reverse complement, windows shifted 10 bp into the plasmid, BatchNorm
-# recalibration (with the seed's dropout on), soft-bin targets, early stopping armed.
+# both kinds of reverse complement, windows shifted 10 bp into the plasmid (in training
+# and averaged in evaluation), BatchNorm recalibration (with the seed's dropout on),
+# soft-bin targets, early stopping armed.
 RECIPE = dict(optimizer='adamw', learning_rate=0.002, weight_decay=0.01,
               schedule='one_cycle', clip_global_norm=1.0, ema_decay=0.9,
               reverse_complement=True, eval_reverse_complement=True,
-              plasmid_context=10, shifts=(-10, 0, 10), bn_recalibration_batches=2,
+              eval_shifts=(-10, 0, 10), plasmid_context=10, shifts=(-10, 0, 10),
+              bn_recalibration_batches=2,
               loss='soft_bin', early_stopping_patience=5)
 
 
@@ -158,6 +160,7 @@ def test_checkpoints_hold_the_evaluated_and_the_training_variables(runs):
   assert not np.array_equal(ckpt.state[average]['average'],
                             ckpt.train_state[average]['average'])
   assert ckpt.recipe['loss'] == 'soft_bin' and ckpt.recipe['eval_reverse_complement']
+  assert ckpt.recipe['eval_shifts'] == [-10, 0, 10]
   assert ckpt.plasmid_context == 10 and ckpt.crop_start == 25
   assert ckpt.model_config.head_kind == 'soft_bins'
 
@@ -184,8 +187,9 @@ def test_resume_refuses_another_recipe_or_schedule_length(runs):
 
 def test_predict_applies_the_recorded_inference_settings(runs):
   """predict_codes on the held-out rows with no options reproduces the held-out Pearson
-  training recorded for the best epoch (plasmid context, soft-bin expectation and
-  strand averaging all applied); forcing single-strand prediction changes it."""
+  training recorded for the best epoch (plasmid context, soft-bin expectation, shift
+  and strand averaging all applied); forcing single-strand or unshifted prediction
+  changes it."""
   config = _config(runs['tmp'], 'whole')
   data = dream_data.read_dream_file(train_lib.synthetic_path(config))
   _, holdout = dream_data.holdout_split(len(data), config.num_holdout, config.split_seed)
@@ -198,6 +202,8 @@ def test_predict_applies_the_recorded_inference_settings(runs):
   one_strand = predict_lib.predict_codes(best, codes, batch_size=64,
                                          reverse_complement_average=False)
   assert not np.allclose(one_strand, pred)
+  unshifted = predict_lib.predict_codes(best, codes, batch_size=64, eval_shifts=())
+  assert not np.allclose(unshifted, pred)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""Test-time averaging over shifted windows (and strands): `window_average`, as
+experiments.predict and training's held-out evaluation use it.
+
+The expectations are computed here by hand: the extended rows from the plasmid strings,
+the windows by numpy slicing, the model called on each window set directly.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from enformer_small import checkpoint
+from enformer_small import config as config_lib
+from enformer_small import dream_data
+from enformer_small import model
+from enformer_small import plasmid
+from enformer_small import recipe as recipe_lib
+from enformer_small import training
+from enformer_small import window_average
+from experiments import predict
+from experiments import train as train_lib
+
+CONTEXT, LENGTH, START = 10, 110, 10   # 110 bp windows centred in 130 bp rows
+FLANK_5, FLANK_3 = 'TGCATTTTTTTCACATC', 'GGTTACGGCTGTT'
+NUM_ROWS = 24
+
+
+def test_passes_are_every_shift_on_each_strand_in_order():
+  assert window_average.Windows().passes == ((0, False),)
+  assert window_average.Windows(reverse_complement=True).passes == (
+      (0, False), (0, True))
+  assert window_average.Windows(shifts=(-5, 0, 5)).passes == (
+      (-5, False), (0, False), (5, False))
+  assert window_average.Windows(shifts=(3, -2), reverse_complement=True).passes == (
+      (3, False), (3, True), (-2, False), (-2, True))
+
+
+def test_a_recipe_records_its_shifts_and_the_default_has_none():
+  assert recipe_lib.Recipe().eval_shifts == ()
+  assert window_average.of_recipe(recipe_lib.Recipe()) == window_average.Windows()
+  recipe = recipe_lib.Recipe(eval_shifts=[-10, '5'], eval_reverse_complement=True)
+  assert recipe.eval_shifts == (-10, 5)
+  recorded = recipe_lib.fields_as_dict(recipe)
+  assert recipe_lib.from_fields(recorded) == recipe
+  assert window_average.of_recipe(recorded) == window_average.Windows(
+      shifts=(-10, 5), reverse_complement=True)
+  assert window_average.of_recipe({}) == window_average.Windows()  # older checkpoints
+
+
+def test_repeated_shifts_are_refused():
+  with pytest.raises(ValueError, match=r'eval_shifts must be distinct, got \(0, 5, 0\)'):
+    recipe_lib.Recipe(eval_shifts=(0, 5, 0))
+
+
+def test_average_is_the_mean_and_one_window_comes_back_unchanged():
+  rng = np.random.default_rng(0)
+  by_pass = {(s, r): rng.uniform(0, 17, 1000).astype(np.float32)
+             for s in (-4, 0, 4) for r in (False, True)}
+  one = window_average.average(lambda s, r: by_pass[s, r], window_average.Windows())
+  np.testing.assert_array_equal(one, by_pass[0, False], strict=True)
+  # Both strands: bit for bit the float32 (a + b) / 2 evaluation used before shifts.
+  two = window_average.average(lambda s, r: by_pass[s, r],
+                               window_average.Windows(reverse_complement=True))
+  np.testing.assert_array_equal(two, (by_pass[0, False] + by_pass[0, True]) / 2,
+                                strict=True)
+  six = window_average.average(lambda s, r: by_pass[s, r], window_average.Windows(
+      shifts=(-4, 0, 4), reverse_complement=True))
+  expected = np.mean(np.stack(list(by_pass.values())).astype(np.float64), axis=0)
+  np.testing.assert_array_equal(six, expected.astype(np.float32), strict=True)
+
+
+def test_a_shift_must_keep_the_window_in_the_extended_rows():
+  window_average.check_shifts((-10, -5, 0, 5, 10), START, LENGTH, 130)
+  with pytest.raises(ValueError) as raised:
+    window_average.check_shifts((-11, 0, 10, 12), START, LENGTH, 130)
+  assert str(raised.value) == (
+      'eval shifts (-11, 12) move the 110 bp window [10:120] outside the 130 bp rows '
+      'it is cut from: use smaller shifts or, for DREAM rows, a larger plasmid context')
+
+
+def test_train_refuses_eval_shifts_beyond_the_plasmid_context():
+  fields = dict(input_length=110, plasmid_context=5, shifts=(0,))
+  config = train_lib.TrainConfig(eval_shifts=(-5, 5), **fields)
+  assert config.recipe.eval_shifts == (-5, 5)
+  with pytest.raises(ValueError, match=r'eval shifts \(6,\) move the 110 bp window '
+                     r'\[5:115\] outside the 120 bp rows'):
+    train_lib.TrainConfig(eval_shifts=(-5, 6), **fields)
+  with pytest.raises(ValueError, match=r'eval shifts \(-1,\) move'):
+    train_lib.TrainConfig(input_length=110, shifts=(0,), eval_shifts=(-1,))
+
+
+# ---------------------------------------------------------------------------
+# Through experiments.predict, against windows sliced by hand.
+
+
+def rows(n):
+  """110 bp DREAM rows (one with N, one 5 bp short and so N-padded at the 3' end)."""
+  rng = np.random.default_rng(1)
+  sequences = []
+  for i in range(n):
+    insert = ''.join(rng.choice(list('ACGT'), 75 if i == 3 else 80))
+    if i == 5:
+      insert = insert[:30] + 'NNNN' + insert[34:]
+    sequences.append(FLANK_5 + insert + FLANK_3)
+  return sequences
+
+
+def one_hot(text):
+  return np.array([[float(base == b) for b in 'ACGT'] for base in text], np.float32)
+
+
+def extended_rows(sequences):
+  """[N, 130, 4]: 10 bp of the plasmid, the sequence N-padded to 110 bp, 10 bp more."""
+  return np.stack([one_hot(plasmid.UPSTREAM[-CONTEXT:] + s.ljust(110, 'N')
+                           + plasmid.DOWNSTREAM[:CONTEXT]) for s in sequences])
+
+
+def by_hand(ckpt, sequences, passes):
+  """The mean over `passes` of the eval step on the windows sliced from the rows."""
+  step = training.make_eval_step(ckpt.model_config)
+  params, state = training.replicate(ckpt.params), training.replicate(ckpt.state)
+  x = extended_rows(sequences)
+  outs = []
+  for shift, reverse in passes:
+    window = x[:, START + shift:START + shift + LENGTH]
+    if reverse:  # complement = channels reversed (A<->T, C<->G), then positions
+      window = window[:, ::-1, ::-1]
+    outs.append(np.asarray(step(params, state, window[None]))[0])
+  return np.mean(np.stack(outs).astype(np.float64), axis=0).astype(np.float32), outs
+
+
+@pytest.fixture(scope='module')
+def soft_bin_checkpoint(tmp_path_factory):
+  """A 110 bp soft-bin model off its initial values (so every window counts), saved
+  with 10 bp of plasmid context, both strands and shifts -10, -3, 0, 7, 10 recorded."""
+  model_config = (config_lib.seed_config(LENGTH).without_dropout()
+                  .with_soft_bin_head(recipe_lib.NUM_SOFT_BINS))
+  params, state = jax.jit(lambda key: model.init(model_config, key))(
+      jax.random.PRNGKey(7))
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  rng = np.random.default_rng(0)
+  leaves = [np.asarray(p) + (0.1 * np.std(p) or 0.02) * rng.standard_normal(
+      np.shape(p)).astype(np.float32) for p in leaves]
+  params = jax.tree_util.tree_unflatten(treedef, leaves)
+  forward = model.make_model(model_config)
+  update = jax.jit(lambda p, s, x: forward.apply(p, s, None, x, is_training=True)[1])
+  for _ in range(2):
+    state = update(params, state, dream_data.one_hot(rng.integers(0, 4, (32, LENGTH))))
+  recipe = recipe_lib.Recipe(eval_reverse_complement=True, eval_shifts=(-10, -3, 0, 7, 10),
+                             plasmid_context=CONTEXT, loss='soft_bin')
+  path = tmp_path_factory.mktemp('window_average') / 'model.npz'
+  checkpoint.save_checkpoint(
+      path, params=params, state=jax.device_get(state), model_config=model_config,
+      extra=dict(crop_start=START, plasmid_context=CONTEXT,
+                 recipe=recipe_lib.fields_as_dict(recipe)))
+  return checkpoint.load_checkpoint(path)
+
+
+def predicted(ckpt, sequences, **overrides):
+  codes = dream_data.encode_sequences(sequences)
+  return predict.predict_codes(ckpt, codes, batch_size=len(sequences), **overrides)
+
+
+def test_recorded_shifts_and_strands_are_the_mean_of_the_hand_sliced_windows(
+    soft_bin_checkpoint):
+  sequences = rows(NUM_ROWS)
+  passes = [(s, r) for s in (-10, -3, 0, 7, 10) for r in (False, True)]
+  expected, outs = by_hand(soft_bin_checkpoint, sequences, passes)
+  # Every window predicts something else: none of them could stand in for the mean.
+  assert min(np.abs(a - b).max() for i, a in enumerate(outs) for b in outs[i + 1:]) > 1e-4
+  np.testing.assert_array_equal(predicted(soft_bin_checkpoint, sequences), expected,
+                                strict=True)
+
+
+def test_overridden_shifts_on_one_strand_are_the_mean_of_the_hand_sliced_windows(
+    soft_bin_checkpoint):
+  sequences = rows(NUM_ROWS)
+  expected, _ = by_hand(soft_bin_checkpoint, sequences, [(-10, False), (4, False)])
+  np.testing.assert_array_equal(
+      predicted(soft_bin_checkpoint, sequences, eval_shifts=(-10, 4),
+                reverse_complement_average=False), expected, strict=True)
+
+
+def test_no_shifts_is_the_unshifted_window_bit_for_bit(soft_bin_checkpoint):
+  sequences = rows(NUM_ROWS)
+  for reverse_complement in (False, True):
+    passes = [(0, False)] + ([(0, True)] if reverse_complement else [])
+    _, outs = by_hand(soft_bin_checkpoint, sequences, passes)
+    # As predict averaged before shifts existed: float32 (a + b) / 2 for two strands.
+    expected = outs[0] if len(outs) == 1 else (outs[0] + outs[1]) / 2
+    np.testing.assert_array_equal(
+        predicted(soft_bin_checkpoint, sequences, eval_shifts=(),
+                  reverse_complement_average=reverse_complement),
+        expected, strict=True)
+
+
+def test_predict_refuses_a_shift_beyond_the_plasmid_context(soft_bin_checkpoint):
+  with pytest.raises(ValueError, match=r'eval shifts \(11,\) move the 110 bp window '
+                     r'\[10:120\] outside the 130 bp rows'):
+    predicted(soft_bin_checkpoint, rows(2), eval_shifts=(0, 11))
