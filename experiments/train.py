@@ -131,7 +131,7 @@ PER_PROCESS_FIELDS = frozenset({'run_dir', 'train_file', 'synthetic_dir',
 # is computed (or only extend it, num_epochs, unless a schedule spans the run).
 RESUMABLE_CHANGES = frozenset({
     'run_dir', 'train_file', 'num_epochs', 'keep_checkpoints', 'eval_batch_size',
-    'data_cache_dir', 'synthetic_dir', 'debug_nan_at_step', 'table_file',
+    'data_cache_dir', 'synthetic_dir', 'table_file',
     'init_checkpoint'})
 
 
@@ -161,7 +161,6 @@ class TrainConfig(recipe_lib.Recipe):
   seed: int = 0
   compute_dtype: str = 'float32'
   keep_checkpoints: int = 3
-  debug_nan_at_step: int = -1        # tests only: NaN targets at this global step
   # Own data (tables.py): used instead of the DREAM file when table_file is set.
   table_file: str = ''
   sequence_column: str = 'sequence'
@@ -1000,11 +999,9 @@ def train_epoch(run: Run, train_state: training.TrainState, epoch: int,
   Returns:
     (train_state, training-mode predictions [n], their targets [n], seconds).
   """
-  steps, nan_step = run.plan.steps_per_epoch, run.config.debug_nan_at_step
+  steps = run.plan.steps_per_epoch
   first = resumed.steps if resumed else 0
   batches = _epoch_batches(run, epoch, first)
-  if epoch * steps + first <= nan_step < (epoch + 1) * steps:
-    batches = _with_nan_targets(batches, nan_step - epoch * steps - first)
   tracker = _StepTracker(run, epoch, resumed)
   pending = None
   try:
@@ -1343,14 +1340,6 @@ def _run_epochs(run: Run, train_state: training.TrainState, start_epoch: int,
                      stopped_early=stopped)
 
 
-def _with_nan_targets(batches, index: int):
-  """`batches` with NaN targets in batch `index` (tests of the NaN guard)."""
-  for i, batch in enumerate(batches):
-    if i == index:
-      batch = dict(batch, targets=np.full_like(batch['targets'], np.nan))
-    yield batch
-
-
 def _last_good(run_dir: str) -> str:
   latest = checkpointer_lib.Checkpointer(run_dir).latest()
   if latest is None:
@@ -1409,8 +1398,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        'Epoch-end saves kept in --run_dir/checkpoints, besides the '
                        'newest save within an epoch (the best epoch is kept apart); '
                        '0: all.', **fv)
-  flags.DEFINE_integer('debug_nan_at_step', d.debug_nan_at_step,
-                       'Testing only: NaN targets at this 0-based global step.', **fv)
   define_own_data_flags(flag_values)
   define_recipe_flags(flag_values)
   flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --run_dir.',

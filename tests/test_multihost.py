@@ -157,8 +157,12 @@ TINY_RUN = ('--synthetic_rows=80', '--num_holdout=20', '--batch_size=16',
             '--eval_batch_size=16', '--num_epochs=1', '--seed=3', '--progress=false')
 
 
-def _train_command(run_dir, data_dir, *extra):
-  return [PYTHON, '-m', 'experiments.train', *TINY_RUN, f'--run_dir={run_dir}',
+def _train_command(run_dir, data_dir, *extra, nan_at_step=None):
+  """experiments.train on the tiny run; with `nan_at_step`, through tests/nan_targets.py
+  (NaN targets at that global step)."""
+  command = (['-m', 'experiments.train'] if nan_at_step is None else
+             [str(REPO_ROOT / 'tests' / 'nan_targets.py'), str(nan_at_step)])
+  return [PYTHON, *command, *TINY_RUN, f'--run_dir={run_dir}',
           f'--synthetic_dir={data_dir}', f'--data_cache_dir={data_dir}/cache', *extra]
 
 
@@ -313,24 +317,28 @@ def test_a_failing_process_ends_the_whole_job_promptly(how):
 # Slow tier (--runslow): resuming, and the real entry point's failure path.
 
 
-def _run_two_processes(tmp, run_dirs, *extra, train_files=(None, None), also=()):
+def _run_two_processes(tmp, run_dirs, *extra, train_files=(None, None), also=(),
+                       nan_at_step=None):
   """Runs the two processes of a job (and the commands `also`, at the same time) to
   the end; returns (processes, outputs), the job's two first."""
   with held_coordinator_address() as address:
-    procs = _start_two_processes(address, tmp, run_dirs, *extra, train_files=train_files)
+    procs = _start_two_processes(address, tmp, run_dirs, *extra, train_files=train_files,
+                                 nan_at_step=nan_at_step)
     procs += [subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(2),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for command in also]
     return procs, _wait(procs, timeout=600)
 
 
-def _start_two_processes(address, tmp, run_dirs, *extra, train_files=(None, None)):
+def _start_two_processes(address, tmp, run_dirs, *extra, train_files=(None, None),
+                         nan_at_step=None):
   procs = []
   for pid, (run_dir, train_file) in enumerate(zip(run_dirs, train_files)):
     more = [f'--train_file={train_file}', '--synthetic_rows=0'] if train_file else []
     procs.append(subprocess.Popen(
         _train_command(run_dir, tmp / 'data', f'--coordinator_address={address}',
-                       '--num_processes=2', f'--process_id={pid}', *extra, *more),
+                       '--num_processes=2', f'--process_id={pid}', *extra, *more,
+                       nan_at_step=nan_at_step),
         cwd=REPO_ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True))
   return procs
@@ -391,7 +399,7 @@ def test_two_processes_save_within_the_epoch_and_resume_from_it(runs):
   tmp = runs['tmp']
   run_dirs = (tmp / 'within', tmp / 'within_process1')
   _, outputs = _run_two_processes(tmp, run_dirs, '--save_every_minutes=1e-9',
-                                  '--debug_nan_at_step=7')
+                                  nan_at_step=7)
   for out in outputs:
     assert 'the loss became nan in epoch 1, step 8 of 11' in out, out
   assert checkpointer.Checkpointer(run_dirs[0]).steps() == [7]  # The newest only.

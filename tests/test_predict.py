@@ -17,6 +17,7 @@ from enformer_small import dream_data
 from enformer_small import metrics
 from enformer_small import model
 from experiments import predict
+from moved_model import moved_model
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLANK_5, FLANK_3 = 'TGCATTTTTTTCACATC', 'GGTTACGGCTGTT'
@@ -68,21 +69,7 @@ def reference_predictions(ckpt, sequences, reverse=False, shift=0):
 def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('predict')
   model_config = config_lib.seed_config(85)
-  params, state = jax.jit(lambda key: model.init(model_config, key))(
-      jax.random.PRNGKey(42))
-  # Move the parameters off their initial values (zero-initialised attention output,
-  # unit BatchNorm) so that every part of the model shapes the output.
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  rng = np.random.default_rng(0)
-  leaves = [np.asarray(p) + (0.1 * np.std(p) or 0.02) * rng.standard_normal(
-      np.shape(p)).astype(np.float32) for p in leaves]
-  params = jax.tree_util.tree_unflatten(treedef, leaves)
-  # Fill the BatchNorm moving averages (zero at init) with a few training-mode calls.
-  forward = model.make_model(model_config.without_dropout())
-  update = jax.jit(lambda p, s, x: forward.apply(p, s, None, x, is_training=True)[1])
-  for i in range(3):
-    state = update(params, state, dream_data.one_hot(rng.integers(0, 4, (64, 85))))
-  state = jax.device_get(state)
+  params, state = moved_model(model_config, init_seed=42, batch=64, bn_updates=3)
   path = tmp / 'model.npz'
   checkpoint.save_checkpoint(path, params=params, state=state, model_config=model_config)
   sequences, measured = random_rows(37)

@@ -28,8 +28,12 @@ def cli_env(compile_cache=None):
   return env
 
 
-def run_train(*args, compile_cache=None, timeout=900):
-  return subprocess.run([sys.executable, '-m', 'experiments.train', *args],
+def run_train(*args, compile_cache=None, timeout=900, nan_at_step=None):
+  """`python -m experiments.train ARGS`; with `nan_at_step`, through tests/nan_targets.py
+  (NaN targets at that global step)."""
+  command = (['-m', 'experiments.train'] if nan_at_step is None else
+             [str(REPO_ROOT / 'tests' / 'nan_targets.py'), str(nan_at_step)])
+  return subprocess.run([sys.executable, *command, *args],
                         cwd=REPO_ROOT, env=cli_env(compile_cache), capture_output=True,
                         text=True, timeout=timeout)
 
@@ -60,6 +64,24 @@ def test_small_flags_is_the_seed_recipe():
   assert config.num_epochs == 300
   assert config.compute_dtype == 'float32'
 
+
+
+@pytest.mark.parametrize('name, learning_rate, eval_shifts, input_length', [
+    ('real_6370.flags', 0.0025, (-10, -5, 0, 5, 10), 110),
+    # The warm-start pair keeps the recipe its BUILD_NOTES scores were measured with.
+    ('real_6370_85bp.flags', 0.005, (), 85),
+    ('real_6370_warm110.flags', 0.001, (), 110),
+])
+def test_real_row_flagfiles_hold_the_recipes_measured(name, learning_rate, eval_shifts,
+                                                      input_length):
+  config = parse_flagfile(name)
+  assert config.train_file == '../shared/data/dream/train_6370.txt'
+  assert (config.num_holdout, config.batch_size) == (637, 128)
+  assert (config.optimizer, config.schedule, config.loss) == ('adamw', 'one_cycle',
+                                                              'soft_bin')
+  assert config.learning_rate == learning_rate
+  assert config.eval_shifts == eval_shifts
+  assert (config.input_length, config.plasmid_context) == (input_length, 10)
 
 def test_demo_flags_keep_the_recipe_on_synthetic_data():
   config = parse_flagfile('demo.flags')
@@ -113,8 +135,8 @@ def test_tiny_run_then_nan_stop_on_resume_then_resume_past_a_damaged_save(tmp_pa
   assert again.returncode == 1 and '--resume' in again.stderr
   assert 'Traceback' not in again.stderr
 
-  nan = run_train(*common, '--num_epochs=2', '--resume', '--debug_nan_at_step=17',
-                  '--save_every_minutes=1e-9', compile_cache=cache)
+  nan = run_train(*common, '--num_epochs=2', '--resume', '--save_every_minutes=1e-9',
+                  compile_cache=cache, nan_at_step=17)
   assert nan.returncode == 1, nan.stderr[-3000:]
   assert 'Traceback' not in nan.stderr
   assert 'the loss became nan in epoch 2, step 3 of 15' in nan.stderr

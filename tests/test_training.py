@@ -22,6 +22,7 @@ from enformer_small import checkpointer
 from enformer_small import summaries
 from enformer_small import training
 from experiments import train as train_lib
+from nan_targets import nan_targets_at
 from test_checkpoint import damage_save
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -207,8 +208,8 @@ def test_resumed_run_equals_uninterrupted_run(runs):
 def stopped_within_an_epoch(runs):
   """The 'whole' run saving after every step, stopped by NaN targets at global step 19
   (epoch 2, step 5 of 15) after its save of step 19 (4 steps into epoch 2)."""
-  config = _tiny_config(runs['tmp'], 'within', debug_nan_at_step=19, keep_checkpoints=2)
-  with pytest.raises(train_lib.NonFiniteError):
+  config = _tiny_config(runs['tmp'], 'within', keep_checkpoints=2)
+  with pytest.raises(train_lib.NonFiniteError), nan_targets_at(19):
     train_lib.train(config, save_every_minutes=1e-9, verbose=False)
   return runs['tmp'] / 'within'
 
@@ -342,9 +343,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(runs):
   ckpt_path = run_dir / 'checkpoints' / '15'
   before = _files(ckpt_path)
   best_before = pathlib.Path(checkpoint.best_checkpoint_path(run_dir)).read_bytes()
-  with pytest.raises(train_lib.NonFiniteError) as info:
-    train_lib.train(_tiny_config(tmp, 'nan', debug_nan_at_step=17), resume=True,
-                    verbose=False)
+  with pytest.raises(train_lib.NonFiniteError) as info, nan_targets_at(17):
+    train_lib.train(_tiny_config(tmp, 'nan'), resume=True, verbose=False)
   message = str(info.value)
   assert 'epoch 2, step 3 of 15' in message and 'nan' in message
   assert str(ckpt_path) in message
@@ -442,9 +442,8 @@ def test_a_two_target_table_resumed_within_an_epoch_equals_the_uninterrupted_run
         keep_checkpoints=2, data_cache_dir=str(tmp_path / 'cache'), **overrides)
 
   whole = train_lib.train(config('whole'), verbose=False)
-  with pytest.raises(train_lib.NonFiniteError):
-    train_lib.train(config('within', debug_nan_at_step=3), save_every_minutes=1e-9,
-                    verbose=False)
+  with pytest.raises(train_lib.NonFiniteError), nan_targets_at(3):
+    train_lib.train(config('within'), save_every_minutes=1e-9, verbose=False)
   restored = checkpointer.Checkpointer(tmp_path / 'within').restore_latest()
   assert restored.progress.predictions.shape == (3 * 32, 2)
   resumed = train_lib.train(config('within'), resume=True, verbose=False)

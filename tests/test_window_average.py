@@ -5,20 +5,19 @@ The expectations are computed here by hand: the extended rows from the plasmid s
 the windows by numpy slicing, the model called on each window set directly.
 """
 
-import jax
 import numpy as np
 import pytest
 
 from enformer_small import checkpoint
 from enformer_small import config as config_lib
 from enformer_small import dream_data
-from enformer_small import model
 from enformer_small import plasmid
 from enformer_small import recipe as recipe_lib
 from enformer_small import training
 from enformer_small import window_average
 from experiments import predict
 from experiments import train as train_lib
+from moved_model import moved_model
 
 CONTEXT, LENGTH, START = 10, 110, 10   # 110 bp windows centred in 130 bp rows
 FLANK_5, FLANK_3 = 'TGCATTTTTTTCACATC', 'GGTTACGGCTGTT'
@@ -135,22 +134,12 @@ def soft_bin_checkpoint(tmp_path_factory):
   with 10 bp of plasmid context, both strands and shifts -10, -3, 0, 7, 10 recorded."""
   model_config = (config_lib.seed_config(LENGTH).without_dropout()
                   .with_soft_bin_head(recipe_lib.NUM_SOFT_BINS))
-  params, state = jax.jit(lambda key: model.init(model_config, key))(
-      jax.random.PRNGKey(7))
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  rng = np.random.default_rng(0)
-  leaves = [np.asarray(p) + (0.1 * np.std(p) or 0.02) * rng.standard_normal(
-      np.shape(p)).astype(np.float32) for p in leaves]
-  params = jax.tree_util.tree_unflatten(treedef, leaves)
-  forward = model.make_model(model_config)
-  update = jax.jit(lambda p, s, x: forward.apply(p, s, None, x, is_training=True)[1])
-  for _ in range(2):
-    state = update(params, state, dream_data.one_hot(rng.integers(0, 4, (32, LENGTH))))
+  params, state = moved_model(model_config, init_seed=7, batch=32, bn_updates=2)
   recipe = recipe_lib.Recipe(eval_reverse_complement=True, eval_shifts=(-10, -3, 0, 7, 10),
                              plasmid_context=CONTEXT, loss='soft_bin')
   path = tmp_path_factory.mktemp('window_average') / 'model.npz'
   checkpoint.save_checkpoint(
-      path, params=params, state=jax.device_get(state), model_config=model_config,
+      path, params=params, state=state, model_config=model_config,
       extra=dict(crop_start=START, plasmid_context=CONTEXT,
                  recipe=recipe_lib.fields_as_dict(recipe)))
   return checkpoint.load_checkpoint(path)
