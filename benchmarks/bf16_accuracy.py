@@ -30,7 +30,6 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--rows', type=int, default=1024)
   args = parser.parse_args()
-  import jax
   import jax.numpy as jnp
   import numpy as np
   from enformer_small import config as config_lib

@@ -10,7 +10,6 @@ from typing import Callable, Optional, Sequence
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from enformer_small.dropout import dropout
 
