@@ -1,5 +1,7 @@
 """The training command line: the flagfiles, the missing-data message, a tiny run."""
 
+import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -38,17 +40,22 @@ def run_train(*args, compile_cache=None, timeout=900, nan_at_step=None):
                         text=True, timeout=timeout)
 
 
-def parse_flagfile(name):
-  """The TrainConfig of a flagfile, read as `experiments.train` reads it."""
+def parse_flags(*args):
+  """The TrainConfig of command-line flags, read as `experiments.train` reads them."""
   values = flags.FlagValues()
   train_lib.define_flags(values)
   cwd = os.getcwd()
   os.chdir(REPO_ROOT)  # Nested --flagfile paths are relative to the repository root.
   try:
-    values(['train', f'--flagfile={name}'])
+    values(['train', *args])
   finally:
     os.chdir(cwd)
   return train_lib.config_from_flags(values)
+
+
+def parse_flagfile(name):
+  """The TrainConfig of a flagfile."""
+  return parse_flags(f'--flagfile={name}')
 
 
 def test_small_flags_is_the_seed_recipe():
@@ -66,14 +73,14 @@ def test_small_flags_is_the_seed_recipe():
 
 
 
-@pytest.mark.parametrize('name, learning_rate, eval_shifts, input_length', [
-    ('real_6370.flags', 0.0025, (-10, -5, 0, 5, 10), 110),
+@pytest.mark.parametrize('name, learning_rate, eval_shifts, input_length, num_epochs', [
+    ('real_6370.flags', 0.0025, (-10, -5, 0, 5, 10), 110, 30),
     # The warm-start pair keeps the recipe its BUILD_NOTES scores were measured with.
-    ('real_6370_85bp.flags', 0.005, (), 85),
-    ('real_6370_warm110.flags', 0.001, (), 110),
+    ('real_6370_85bp.flags', 0.005, (), 85, 10),
+    ('real_6370_warm110.flags', 0.001, (), 110, 10),
 ])
 def test_real_row_flagfiles_hold_the_recipes_measured(name, learning_rate, eval_shifts,
-                                                      input_length):
+                                                      input_length, num_epochs):
   config = parse_flagfile(name)
   assert config.train_file == '../shared/data/dream/train_6370.txt'
   assert (config.num_holdout, config.batch_size) == (637, 128)
@@ -82,6 +89,23 @@ def test_real_row_flagfiles_hold_the_recipes_measured(name, learning_rate, eval_
   assert config.learning_rate == learning_rate
   assert config.eval_shifts == eval_shifts
   assert (config.input_length, config.plasmid_context) == (input_length, 10)
+  assert config.num_epochs == num_epochs
+
+def test_the_ablation_steps_end_in_real_6370_flags():
+  """BUILD_NOTES' ablation table leads to the recipe users run: its row before the last
+  plus the last step (30 epochs) trains exactly as real_6370.flags (bookkeeping aside)."""
+  spec = importlib.util.spec_from_file_location(
+      'ablation', REPO_ROOT / 'benchmarks' / 'real_6370_ablation.py')
+  ablation = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ablation)
+  assert ablation.RECIPES['epochs_30'] == ['--flagfile=real_6370.flags']
+  chained = parse_flags(*ablation.COMMON, *ablation.RECIPES['eval_shifts'],
+                        '--num_epochs=30')
+  bookkeeping = {'train_file', 'run_dir', 'keep_checkpoints', 'log_every_steps'}
+  differ = {f.name for f in dataclasses.fields(chained)
+            if getattr(chained, f.name) != getattr(parse_flagfile('real_6370.flags'), f.name)}
+  assert differ <= bookkeeping, differ
+
 
 def test_demo_flags_keep_the_recipe_on_synthetic_data():
   config = parse_flagfile('demo.flags')
