@@ -43,7 +43,7 @@ from enformer_small import scoring
 from enformer_small import training
 from enformer_small import window_average
 
-# real_6370.flags, as fields.
+# real_6370.flags as it was when this screen moved it from 20 to 30 epochs, as fields.
 BASE_RECIPE = recipe_lib.Recipe(
     optimizer='adamw', learning_rate=0.0025, weight_decay=0.01, schedule='one_cycle',
     reverse_complement=True, eval_reverse_complement=True, eval_shifts=(-10, -5, 0, 5, 10),
