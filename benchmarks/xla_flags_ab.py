@@ -6,7 +6,7 @@ machine falls on every setting alike; prints every run and, per setting, the med
 over the rounds and its ratio to the default's median. Nothing else may run meanwhile.
 
   python benchmarks/xla_flags_ab.py --work train:256 --rounds 3 \
-      --settings '--xla_cpu_use_thunk_runtime=false' '--xla_cpu_multi_thread_eigen=false'
+      --settings='--xla_cpu_use_thunk_runtime=false;--xla_cpu_multi_thread_eigen=false'
 """
 
 import argparse
@@ -45,11 +45,12 @@ def main():
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--min_seconds', type=float, default=4.0)
-  parser.add_argument('--settings', nargs='+', required=True,
-                      help='XLA_FLAGS values to compare with the default')
+  parser.add_argument('--settings', required=True,
+                      help='XLA_FLAGS values to compare with the default, separated by ";" '
+                      '(write --settings=... : the values start with --)')
   args = parser.parse_args()
   mode, batch = args.work.split(':')
-  settings = [''] + args.settings
+  settings = [''] + [s for s in args.settings.split(';') if s]
   runs = {s: [] for s in settings}
   for i in range(args.rounds):
     for s in settings:
