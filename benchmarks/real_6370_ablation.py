@@ -27,8 +27,9 @@ sys.path.insert(0, REPO)
 DATA = os.path.join(REPO, '..', 'shared', 'data', 'dream')
 # Shared by every recipe: the data, at most 10% held out, and the run's bookkeeping.
 COMMON = ['--flagfile=small.flags', f'--train_file={DATA}/train_6370.txt',
-          '--num_holdout=637', '--eval_batch_size=1000', '--keep_checkpoints=1',
-          '--log_every_steps=1000000']
+          '--num_holdout=637', '--eval_batch_size=1000']
+# After the recipe's flags, so that a recipe's nested flagfile does not undo them.
+BOOKKEEPING = ['--keep_checkpoints=1', '--log_every_steps=1000000']
 # The seed's recipe at this size (the old real_6370.flags, 637 held out), then one
 # element at a time.
 SEED = ['--batch_size=128', '--num_epochs=30', '--nodropout']
@@ -70,8 +71,8 @@ def train_and_score(name, flags, seed, out_dir):
   run_dir = os.path.join(out_dir, f'{name}_seed{seed}')
   log = run_dir + '.log'
   t0 = time.perf_counter()
-  run([sys.executable, '-m', 'experiments.train', *COMMON, *flags, f'--seed={seed}',
-       f'--run_dir={run_dir}', '--overwrite', '--noprogress'], log)
+  run([sys.executable, '-m', 'experiments.train', *COMMON, *flags, *BOOKKEEPING,
+       f'--seed={seed}', f'--run_dir={run_dir}', '--overwrite', '--noprogress'], log)
   train_s = time.perf_counter() - t0
   tsv = os.path.join(run_dir, 'test.tsv')
   run([sys.executable, '-m', 'experiments.predict',

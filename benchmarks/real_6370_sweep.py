@@ -14,8 +14,9 @@ reported as results.
 Writes one JSON line per (variant, seed) to --out as each run ends, and a line per epoch
 to stderr. On one H100 (2026-11-26) the first epoch, which compiles the steps, dominated:
 with 3 processes at once it ended after 227-240 s, each later epoch (44 steps, recalibration,
-10 held-out windows) took ~0.6 s and the test set ~40 s; 15 processes at once finished no
-run in 480 s. So run few variants per session, or several in one process.
+10 held-out windows) took 0.6-0.9 s and the test set ~40 s; 15 processes at once
+finished no run in 480 s. Each variant's optimizer is another compiled step, so run few
+variants per session (only the seeds of one variant share a compilation).
 
   python benchmarks/real_6370_sweep.py --variants base,epochs_30 --seeds 0,1,2 \
       --data_dir ../shared/data/dream --out sweep.jsonl
@@ -171,10 +172,14 @@ def train_and_score(data: Data, v: Variant, seed: int, steps) -> dict:
       state, _ = train_step(state, training.shard_batch(batch))
     params = recipe_lib.ema_params(state.opt_state)
     params = state.params if params is None else params
-    bn_state = training.recalibrate_batch_norm(
-        stats_step, params, state.state,
-        (training.shard_batch(b['inputs']) for _, b in zip(
-            range(v.recipe.bn_recalibration_batches), epoch_batches(data, v, rng))))
+    bn_state = state.state
+    if v.recipe.bn_recalibration_batches:
+      # Its own generator, so that the number of batches does not move training's draws.
+      batches = epoch_batches(data, v, np.random.default_rng([seed, epoch, 1]))
+      bn_state = training.recalibrate_batch_norm(
+          stats_step, params, state.state,
+          (training.shard_batch(b['inputs']) for _, b in zip(
+              range(v.recipe.bn_recalibration_batches), batches)))
     r = metrics.pearson_r(predict(eval_step, params, bn_state, data.holdout_codes,
                                   v.recipe), data.holdout_targets)
     history.append(round(r, 4))
@@ -221,6 +226,9 @@ def main():
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     parser.error(f'unknown variants {unknown}; known: {", ".join(VARIANTS)}')
+  if jax.local_device_count() != 1:
+    parser.error('the batches carry one device axis of 1: run with one visible device '
+                 '(e.g. CUDA_VISIBLE_DEVICES=0)')
   data = load(args.data_dir, BASE_RECIPE.plasmid_context)
   for name in names:
     v = variant(name)

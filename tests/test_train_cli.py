@@ -91,6 +91,7 @@ def test_real_row_flagfiles_hold_the_recipes_measured(name, learning_rate, eval_
   assert (config.input_length, config.plasmid_context) == (input_length, 10)
   assert config.num_epochs == num_epochs
 
+
 def test_the_ablation_steps_end_in_real_6370_flags():
   """BUILD_NOTES' ablation table leads to the recipe users run: its row before the last
   plus the last step (30 epochs) trains exactly as real_6370.flags (bookkeeping aside)."""
@@ -98,12 +99,16 @@ def test_the_ablation_steps_end_in_real_6370_flags():
       'ablation', REPO_ROOT / 'benchmarks' / 'real_6370_ablation.py')
   ablation = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(ablation)
+  assert list(ablation.RECIPES)[-2:] == ['eval_shifts', 'epochs_30']
   assert ablation.RECIPES['epochs_30'] == ['--flagfile=real_6370.flags']
   chained = parse_flags(*ablation.COMMON, *ablation.RECIPES['eval_shifts'],
-                        '--num_epochs=30')
+                        '--num_epochs=30', *ablation.BOOKKEEPING)
+  users = parse_flagfile('real_6370.flags')
+  same_file = [os.path.realpath(REPO_ROOT / c.train_file) for c in (chained, users)]
+  assert same_file[0] == same_file[1]
   bookkeeping = {'train_file', 'run_dir', 'keep_checkpoints', 'log_every_steps'}
   differ = {f.name for f in dataclasses.fields(chained)
-            if getattr(chained, f.name) != getattr(parse_flagfile('real_6370.flags'), f.name)}
+            if getattr(chained, f.name) != getattr(users, f.name)}
   assert differ <= bookkeeping, differ
 
 
