@@ -35,7 +35,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from enformer_small import config as config_lib  # pylint: disable=g-import-not-at-top
+from enformer_small import attribution  # pylint: disable=g-import-not-at-top
+from enformer_small import config as config_lib
 from enformer_small import dream_data
 from enformer_small import metrics
 from enformer_small import plasmid
@@ -122,12 +123,10 @@ def load(data_dir: str, context: int, split_seed: int = 0) -> Data:
 
 def windows(codes: np.ndarray, starts: np.ndarray, reverse: np.ndarray) -> np.ndarray:
   """uint8 one-hot [B, 110, 4] of codes[i, starts[i]:+110], reverse-complemented where
-  `reverse` (read backwards, A<->T and C<->G; the N code stays)."""
+  `reverse` (`attribution.reverse_complement`)."""
   cut = codes[np.arange(len(codes))[:, None], starts[:, None] + np.arange(INPUT_LENGTH)]
-  flipped = cut[:, ::-1]
-  flipped = np.where(flipped < dream_data.PAD_CODE, 3 - flipped, flipped)
-  cut = np.where(reverse[:, None], flipped, cut)
-  return dream_data.one_hot(cut, np.uint8)
+  one_hot = dream_data.one_hot(cut, np.uint8)
+  return np.where(reverse[:, None, None], attribution.reverse_complement(one_hot), one_hot)
 
 
 def epoch_batches(data: Data, v: Variant, rng: np.random.Generator):

@@ -10,32 +10,18 @@ over the rounds and its ratio to the default's median. Nothing else may run mean
 """
 
 import argparse
-import json
 import os
-import pathlib
 import statistics
-import subprocess
-import sys
-import tempfile
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+import side_by_side  # benchmarks/, this script's own folder.
 
 
 def bench(mode: str, batch: int, xla_flags: str, repeats: int, min_seconds: float,
           ) -> float:
   """seq/s of one bench_model.py run with XLA_FLAGS=xla_flags (empty: unset)."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  if xla_flags:
-    env['XLA_FLAGS'] = xla_flags
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, 'r.json')
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / 'benchmarks' / 'bench_model.py'), '--modes', mode,
-         '--batches', str(batch), '--repeats', str(repeats), '--min_seconds',
-         str(min_seconds), '--json_out', out],
-        capture_output=True, text=True, check=True, cwd=REPO_ROOT, env=env)
-    with open(out) as f:
-      return json.load(f)[0]['seq_s']
+  extra_env = {'XLA_FLAGS': xla_flags} if xla_flags else {}
+  return side_by_side.run_project(mode, batch, repeats, min_seconds, [],
+                                  extra_env)['seq_s']
 
 
 def main():
@@ -49,6 +35,7 @@ def main():
                       help='XLA_FLAGS values to compare with the default, separated by ";" '
                       '(write --settings=... : the values start with --)')
   args = parser.parse_args()
+  os.environ.pop('XLA_FLAGS', None)  # The default is XLA's own.
   mode, batch = args.work.split(':')
   settings = [''] + [s for s in args.settings.split(';') if s]
   runs = {s: [] for s in settings}

@@ -422,8 +422,7 @@ def report_metrics(found: Dict[str, object], n: int,
     text = json.dumps(dict(found, n=n, checkpoint=FLAGS.checkpoint, input=FLAGS.input,
                            reverse_complement_average=windows.reverse_complement,
                            eval_shifts=list(windows.shifts)))
-    files.atomic_write(FLAGS.output_metrics_json,
-                                lambda f: f.write(text.encode('utf-8')))
+    files.atomic_write(FLAGS.output_metrics_json, lambda f: f.write(text.encode('utf-8')))
 
 
 def report_official_scores(predictions: np.ndarray, measured: np.ndarray):
@@ -432,8 +431,7 @@ def report_official_scores(predictions: np.ndarray, measured: np.ndarray):
   table = scoring.format_markdown(score)
   print(table)
   if FLAGS.output_markdown:
-    files.atomic_write(FLAGS.output_markdown,
-                                lambda f: f.write(table.encode('utf-8')))
+    files.atomic_write(FLAGS.output_markdown, lambda f: f.write(table.encode('utf-8')))
   return score
 
 
