@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from enformer_small import attention_module
+from enformer_small import computed_once
 from enformer_small.dropout import dropout
 from enformer_small.config import EnformerConfig, RELATIVE_POSITION_FUNCTIONS
 
@@ -248,32 +249,10 @@ class Residual(hk.Module):
     self._module = module
 
   def __call__(self, inputs: Array, is_training: bool, **kwargs) -> Array:
-    return gradient_computed_once(
-        inputs + self._module(inputs, is_training=is_training, **kwargs))
-
-
-@jax.custom_vjp
-def gradient_computed_once(x: Array) -> Array:
-  """The identity, whose gradient XLA computes once and keeps in memory.
-
-  The gradient at a residual is a sum along the residual stream. XLA:CPU fused that
-  chain of adds and LayerNorm / BatchNorm backward terms into each consumer, computing
-  it again for the input gradient and again, transposed, for the weight gradient (~70 of
-  the ~380 ms kernel time of a train step at batch 256). An optimization barrier on the
-  cotangent makes it one buffer. The values are the same, bit for bit.
-  """
-  return x
-
-
-def _gradient_computed_once_fwd(x):
-  return x, None
-
-
-def _gradient_computed_once_bwd(_, g):
-  return (jax.lax.optimization_barrier(g),)
-
-
-gradient_computed_once.defvjp(_gradient_computed_once_fwd, _gradient_computed_once_bwd)
+    outputs = inputs + self._module(inputs, is_training=is_training, **kwargs)
+    if computed_once.enabled():
+      return computed_once.gradient_computed_once(outputs)
+    return outputs
 
 
 class Dropout(hk.Module):

@@ -20,6 +20,7 @@ import jmp
 import numpy as np
 import optax
 
+from enformer_small import computed_once
 from enformer_small import enformer
 from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
@@ -107,7 +108,8 @@ def make_train_step(model_config: EnformerConfig,
                     return_predictions: bool = False,
                     loss: str = 'poisson',
                     soft_bin_sigma: float = 0.5,
-                    frozen: Tuple[str, ...] = ()
+                    frozen: Tuple[str, ...] = (),
+                    compute_once: bool = False
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """A pmapped `train_step(train_state, batch) -> (train_state, metrics)`.
 
@@ -127,13 +129,17 @@ def make_train_step(model_config: EnformerConfig,
 
   frozen: parts whose BatchNorms run in eval mode (`model.make_model`); the optimizer
   is what keeps their parameters (`recipe.make_optimizer`).
+
+  compute_once: residual-stream gradients and dropout masks computed once instead of in
+  each consumer (`computed_once`): a faster step on CPU, the same function, but not
+  bit-identical to the default.
   """
   model = make_model(model_config, cross_replica_axis=axis_name, frozen=frozen)
   single = model_lib.num_outputs(model_config, head) == 1
   objective = _objective(model_config, loss, soft_bin_sigma)
 
   def loss_fn(params, state, rng, inputs, targets):
-    with mixed_precision(compute_dtype):
+    with mixed_precision(compute_dtype), computed_once.scope(compute_once):
       outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
     output = outputs[head].astype(jnp.float32)
     predictions = model_lib.head_predictions(model_config, output)

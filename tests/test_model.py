@@ -268,17 +268,3 @@ def test_predict_fn_of_a_soft_bin_head_is_the_expectation_over_its_bins():
   got = model.predict_fn(config)(params, state, x)
   assert got.shape == (3, 1)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
-
-
-def test_gradient_computed_once_changes_neither_values_nor_gradients():
-  x = jnp.linspace(-2., 2., 12).reshape(3, 4)
-
-  def f(x, once):
-    y = x * 2
-    return jnp.sum(jnp.sin(enformer.gradient_computed_once(y) if once else y) * x)
-
-  for once in (True, False):
-    np.testing.assert_array_equal(jax.jit(f, static_argnums=1)(x, once),
-                                  jax.jit(f, static_argnums=1)(x, False))
-    np.testing.assert_array_equal(jax.jit(jax.grad(f), static_argnums=1)(x, once),
-                                  jax.jit(jax.grad(f), static_argnums=1)(x, False))

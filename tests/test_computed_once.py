@@ -1,0 +1,83 @@
+"""The CPU speed option `compute_once`: the same values, computed once, and off by default."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from enformer_small import computed_once
+from enformer_small import config as config_lib
+from enformer_small import dropout as dropout_lib
+from enformer_small import training
+
+
+@pytest.mark.parametrize('x', [
+    np.array([1.5, -0.0, 2.0, 1.5], np.float32),           # first == last: loop skipped
+    np.array([[1.0, np.nan], [np.inf, -3.25]], np.float32),  # first != last: body runs
+    np.array([np.nan, 1.0, np.nan], np.float32),            # NaN != NaN: body runs
+    np.array([True, False, True]),
+    np.array([False, True, True]),
+])
+def test_computed_once_is_the_identity_bit_for_bit(x):
+  got = np.asarray(jax.jit(computed_once.computed_once)(x))
+  assert got.dtype == x.dtype
+  np.testing.assert_array_equal(got.view(np.uint8), x.view(np.uint8))
+
+
+def test_on_cpu_the_value_comes_out_of_a_while_loop():
+  text = jax.jit(lambda x: computed_once.computed_once(x) * 2).lower(
+      jnp.ones((4, 3))).compile().as_text()
+  assert ' while(' in text
+
+
+def test_gradient_computed_once_changes_neither_values_nor_gradients():
+  x = jnp.linspace(-2., 2., 12).reshape(3, 4)
+
+  def f(x, once):
+    y = x * 2
+    return jnp.sum(jnp.sin(computed_once.gradient_computed_once(y) if once else y) * x)
+
+  for fn in (f, jax.grad(f)):
+    np.testing.assert_array_equal(jax.jit(fn, static_argnums=1)(x, True),
+                                  jax.jit(fn, static_argnums=1)(x, False))
+
+
+def test_dropout_in_the_scope_draws_the_same_mask_and_values():
+  key, x = jax.random.PRNGKey(7), jnp.linspace(-1., 1., 6 * 192).reshape(6, 192)
+
+  def drop(x, once):
+    with computed_once.scope(once):
+      return dropout_lib.dropout(key, 0.4, x)
+
+  np.testing.assert_array_equal(jax.jit(drop, static_argnums=1)(x, True),
+                                jax.jit(drop, static_argnums=1)(x, False))
+  assert not computed_once.enabled()  # The scope ends with the block.
+
+
+def test_compute_once_train_step_is_the_default_step_up_to_rounding():
+  """Same state, batch and dropout masks: the loss and the parameter update agree to
+  float32 rounding. The compute_once step holds one more while loop per residual (stem
+  1, tower 4, transformer 2 x 4) and per dropout (5 per transformer layer, 1 in
+  final_pointwise); the default step none of them."""
+  model_config = config_lib.seed_config(85)
+  optimizer = training.make_optimizer()
+  start = training.replicate(
+      training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0)))
+  d = jax.local_device_count()
+  rng = np.random.default_rng(0)
+  batch = training.shard_batch({
+      'inputs': np.eye(4, dtype=np.uint8)[rng.integers(0, 4, (d, 16, 85))],
+      'targets': rng.uniform(0, 17, (d, 16, 1)).astype(np.float32)})
+  updates, losses, loops = {}, {}, {}
+  for once in (False, True):
+    step = training.make_train_step(model_config, optimizer, donate=False,
+                                    compute_once=once)
+    loops[once] = step.lower(start, batch).compile().as_text().count(' while(')
+    after, metrics = step(start, batch)
+    losses[once] = float(metrics['loss'][0])
+    updates[once] = np.concatenate([np.ravel(a - b) for a, b in zip(
+        jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(start.params))])
+  assert loops[True] - loops[False] == (1 + 4 + 2 * 4) + (5 * 4 + 1)
+  assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+  scale = np.abs(updates[False]).max()
+  np.testing.assert_allclose(updates[True], updates[False], rtol=0, atol=1e-4 * scale)
