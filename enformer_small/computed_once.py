@@ -10,7 +10,7 @@ there. In the train step that duplicated two kinds of work (profiled at batch 25
     pass and inside other fusions.
 `jax.lax.optimization_barrier` does not stop this on CPU: XLA:CPU expands barriers away
 before fusion. A while loop's result, though, is a buffer that fusion cannot reach into,
-so `computed_once` routes a value through a loop that (almost) never runs.
+so `computed_once` routes a value through a loop whose body leaves it unchanged.
 
 The function is the same, but XLA then rounds differently inside the fusions (fused
 multiply-adds fall elsewhere), so training is not bit-identical to the default. That is

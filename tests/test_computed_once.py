@@ -15,6 +15,7 @@ from enformer_small import training
     np.array([1.5, -0.0, 2.0, 1.5], np.float32),           # first == last: loop skipped
     np.array([[1.0, np.nan], [np.inf, -3.25]], np.float32),  # first != last: body runs
     np.array([np.nan, 1.0, np.nan], np.float32),            # NaN != NaN: body runs
+    np.array([1e-40, 3.0, -1e-42], np.float32),             # subnormals kept
     np.array([True, False, True]),
     np.array([False, True, True]),
 ])
