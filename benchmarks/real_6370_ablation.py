@@ -16,15 +16,12 @@ each on top of the one before: the ablation table of BUILD_NOTES.md.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-DATA = os.path.join(REPO, '..', 'shared', 'data', 'dream')
+import official_scores  # benchmarks/, this script's own folder.
+from official_scores import DATA, REPO, SCORES, SPLITS
 # Shared by every recipe: the data, at most 10% held out, and the run's bookkeeping.
 COMMON = ['--flagfile=small.flags', f'--train_file={DATA}/train_6370.txt',
           '--num_holdout=637', '--eval_batch_size=1000']
@@ -55,7 +52,6 @@ RECIPES = {
     'soft_bin': SOFT_BIN, 'ema': EMA, 'lr_0025': LR_0025, 'eval_shifts': EVAL_SHIFTS,
     'epochs_30': FINAL,
 }
-SCORES = ('Score PearsonR^2', 'Score Spearman')
 
 
 def run(cmd, log):
@@ -65,9 +61,8 @@ def run(cmd, log):
     subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=True)
 
 
-def train_and_score(name, flags, seed, out_dir):
+def train_and_score(name, flags, seed, out_dir, scorer):
   """{split: {score: value}} of one trained recipe, and its wall seconds."""
-  from enformer_small import scoring
   run_dir = os.path.join(out_dir, f'{name}_seed{seed}')
   log = run_dir + '.log'
   t0 = time.perf_counter()
@@ -77,15 +72,9 @@ def train_and_score(name, flags, seed, out_dir):
   tsv = os.path.join(run_dir, 'test.tsv')
   run([sys.executable, '-m', 'experiments.predict',
        f'--checkpoint={run_dir}/checkpoint_best.npz',
-       f'--input={DATA}/test_71103_measured.tsv', f'--output_tsv={tsv}',
+       f'--input={official_scores.TEST_FILE}', f'--output_tsv={tsv}',
        '--noprogress'], log)
-  test_set = scoring.read_test_set(f'{DATA}/test_71103_measured.tsv')
-  splits = scoring.load_official_splits(f'{DATA}/test_subsets',
-                                        f'{DATA}/public_leaderboard')
-  predictions = scoring.read_tsv_predictions(tsv, test_set=test_set,
-                                             num_rows=len(test_set))
-  score = scoring.score_predictions(predictions, test_set, splits)
-  result = {split: score.split(split).scores for split in ('public', 'private')}
+  result = scorer.score_tsv(tsv)
   with open(run_dir + '.json', 'w') as f:
     json.dump(dict(result, train_s=train_s, flags=flags, seed=seed), f, indent=1)
   return result, train_s
@@ -105,6 +94,7 @@ def main():
   args = parser.parse_args()
   names = list(RECIPES) if args.recipes == 'all' else args.recipes.split(',')
   os.makedirs(args.out_dir, exist_ok=True)
+  scorer = None if args.summarise else official_scores.OfficialScorer()
   table = {}
   for name in names:
     for seed in map(int, args.seeds.split(',')):
@@ -116,20 +106,15 @@ def main():
         continue
       result, seconds = train_and_score(name + args.tag,
                                         RECIPES[name] + args.extra.split(), seed,
-                                        args.out_dir)
+                                        args.out_dir, scorer)
       table.setdefault(name, []).append(result)
       print(f'{name} seed {seed}: train {seconds:.0f} s; ' + '; '.join(
           f'{split} ' + ' / '.join(f'{result[split][s]:.4f}' for s in SCORES)
-          for split in ('public', 'private')), flush=True)
+          for split in SPLITS), flush=True)
   print('\n| recipe | seeds | public PearsonR^2 | public Spearman | private PearsonR^2 '
         '| private Spearman |\n| --- | ---: | --- | --- | --- | --- |')
   for name, results in table.items():
-    cells = []
-    for split in ('public', 'private'):
-      for s in SCORES:
-        values = [r[split][s] for r in results]
-        sd = f' ± {statistics.stdev(values):.3f}' if len(values) > 1 else ''
-        cells.append(f'{statistics.mean(values):.3f}{sd}')
+    cells = official_scores.mean_sd_cells(results)
     print(f'| {name} | {len(results)} | ' + ' | '.join(cells) + ' |')
 
 

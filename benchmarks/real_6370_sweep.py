@@ -45,6 +45,8 @@ from enformer_small import scoring
 from enformer_small import training
 from enformer_small import window_average
 
+import official_scores  # benchmarks/, this script's own folder.
+
 # real_6370.flags as it was when this screen moved it from 20 to 30 epochs, as fields.
 BASE_RECIPE = recipe_lib.Recipe(
     optimizer='adamw', learning_rate=0.0025, weight_decay=0.01, schedule='one_cycle',
@@ -110,15 +112,14 @@ def load(data_dir: str, context: int, split_seed: int = 0) -> Data:
                                     use_cache=False)
   train_rows, holdout_rows = dream_data.holdout_split(len(data), NUM_HOLDOUT, split_seed)
   codes = plasmid.add_context(data.codes, context)
-  test = scoring.read_test_set(os.path.join(data_dir, 'test_71103_measured.tsv'))
+  scorer = official_scores.OfficialScorer(data_dir)
+  test = scorer.test_set
   test_codes = plasmid.add_context(
       dream_data.encode_sequences(test.sequences, length=dream_data.SEQUENCE_LENGTH),
       context)
-  splits = scoring.load_official_splits(os.path.join(data_dir, 'test_subsets'),
-                                        os.path.join(data_dir, 'public_leaderboard'))
   expression = np.asarray(data.expression, np.float32)
   return Data(codes[train_rows], expression[train_rows], codes[holdout_rows],
-              expression[holdout_rows], test_codes, test.measured, splits)
+              expression[holdout_rows], test_codes, test.measured, scorer.splits)
 
 
 def windows(codes: np.ndarray, starts: np.ndarray, reverse: np.ndarray) -> np.ndarray:

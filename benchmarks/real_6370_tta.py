@@ -18,18 +18,13 @@ Predictions go to --out_dir (outside the repository; reused when already there):
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-DATA = os.path.join(REPO, '..', 'shared', 'data', 'dream')
-SCORES = ('Score PearsonR^2', 'Score Spearman')
-SPLITS = ('public', 'private')
+import official_scores  # benchmarks/, this script's own folder.
+from official_scores import REPO, SCORES, SPLITS
 
 
 def predictions_path(checkpoint, index, shifts, out_dir):
@@ -44,26 +39,9 @@ def predict(checkpoint, shifts, tsv):
   with open(tsv + '.log', 'w') as log:
     subprocess.run(
         [sys.executable, '-m', 'experiments.predict', f'--checkpoint={checkpoint}',
-         f'--input={DATA}/test_71103_measured.tsv', f'--output_tsv={tsv}',
+         f'--input={official_scores.TEST_FILE}', f'--output_tsv={tsv}',
          f'--eval_shifts={shifts}', '--noprogress'],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-
-
-def scorer():
-  """predictions [N] -> {split: {score: value}} on the official splits."""
-  from enformer_small import scoring
-  test_set = scoring.read_test_set(f'{DATA}/test_71103_measured.tsv')
-  splits = scoring.load_official_splits(f'{DATA}/test_subsets',
-                                        f'{DATA}/public_leaderboard')
-
-  def score(values):
-    found = scoring.score_predictions(np.asarray(values, np.float64), test_set, splits)
-    return {split: found.split(split).scores for split in SPLITS}
-
-  def read(tsv):
-    return scoring.read_tsv_predictions(tsv, test_set=test_set).values
-
-  return score, read
 
 
 def line(label, result):
@@ -72,13 +50,7 @@ def line(label, result):
 
 
 def summary(label, results):
-  cells = []
-  for split in SPLITS:
-    for s in SCORES:
-      values = [r[split][s] for r in results]
-      sd = f' ± {statistics.stdev(values):.3f}' if len(values) > 1 else ''
-      cells.append(f'**{statistics.mean(values):.3f}{sd}**')
-  return f'| {label} | ' + ' | '.join(cells) + ' |'
+  return f'| {label} | ' + ' | '.join(official_scores.mean_sd_cells(results, bold=True)) + ' |'
 
 
 def main():
@@ -91,7 +63,7 @@ def main():
   args = parser.parse_args()
   os.makedirs(args.out_dir, exist_ok=True)
   checkpoints = args.checkpoints.split(',')
-  score, read = scorer()
+  scorer = official_scores.OfficialScorer()
   print('| model, eval shifts | public PearsonR^2 | public Spearman | private PearsonR^2 '
         '| private Spearman |\n| --- | --- | --- | --- | --- |')
   for shifts in args.shift_sets.split(';'):
@@ -100,13 +72,13 @@ def main():
       tsv = predictions_path(checkpoint, index, shifts, args.out_dir)
       if not os.path.exists(tsv):
         predict(checkpoint, shifts, tsv)
-      columns.append(read(tsv))
-      results.append(score(columns[-1]))
+      columns.append(scorer.read(tsv))
+      results.append(scorer.score(columns[-1]))
       print(line(f'{checkpoint}, {shifts}', results[-1]), flush=True)
     print(summary(f'mean ± sd of {len(results)}, {shifts}', results))
     if len(columns) > 1:
       print(line(f'ensemble (mean of {len(columns)} columns), {shifts}',
-                 score(np.mean(columns, axis=0))), flush=True)
+                 scorer.score(np.mean(columns, axis=0))), flush=True)
 
 
 if __name__ == '__main__':

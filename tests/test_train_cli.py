@@ -93,9 +93,10 @@ def test_real_row_flagfiles_hold_the_recipes_measured(name, learning_rate, eval_
   assert config.num_epochs == num_epochs
 
 
-def test_the_ablation_steps_end_in_real_6370_flags():
+def test_the_ablation_steps_end_in_real_6370_flags(monkeypatch):
   """BUILD_NOTES' ablation table leads to the recipe users run: its row before the last
   plus the last step (30 epochs) trains exactly as real_6370.flags (bookkeeping aside)."""
+  monkeypatch.syspath_prepend(str(REPO_ROOT / 'benchmarks'))  # As a script sees its folder.
   spec = importlib.util.spec_from_file_location(
       'ablation', REPO_ROOT / 'benchmarks' / 'real_6370_ablation.py')
   ablation = importlib.util.module_from_spec(spec)
