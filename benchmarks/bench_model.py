@@ -106,7 +106,7 @@ def _host_batches(batch, n, input_length, input_dtype):
 
 
 def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
-            compute_once=False):
+            fast_cpu=False):
   """Measures one configuration in this process; returns a dict of figures."""
   import jax
   import jax.numpy as jnp
@@ -131,12 +131,13 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
                                                 train_lib.DEVICE_PREFETCH)
 
   if mode == 'forward':
-    step = training.make_eval_step(model_config, compute_dtype=compute_dtype)
+    step = training.make_eval_step(model_config, compute_dtype=compute_dtype,
+                                   fast_cpu=fast_cpu)
     args = (train_state.params, train_state.state, device_batch['inputs'])
   else:
     step = training.make_train_step(model_config, optimizer, compute_dtype=compute_dtype,
                                     return_predictions=mode == 'fed',
-                                    compute_once=compute_once)
+                                    fast_cpu=fast_cpu)
     args = (train_state, device_batch)
 
   compile_s, flops_per_seq = 0.0, 0.0
@@ -184,7 +185,7 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
   seq_s = statistics.median(rates)
   peak, peak_kind = _peak_memory_bytes(jax.local_devices()[0])
   return dict(mode=mode, batch=batch, dtype=dtype, input_dtype=input_dtype.name,
-              compute_once=compute_once,
+              fast_cpu=fast_cpu,
               device=str(jax.devices()[0].device_kind), devices=n, feed=feed,
               compile_s=compile_s, seq_s=seq_s, seq_s_all=rates,
               flops_per_seq=flops_per_seq, flop_s=seq_s * flops_per_seq,
@@ -216,8 +217,8 @@ def main():
   parser.add_argument('--peak_gflops', type=float, default=None,
                       help='the device peak, to print the share reached (default: '
                       'known GPUs only)')
-  parser.add_argument('--compute_once', action='store_true',
-                      help='train steps with `training.make_train_step(compute_once=True)`')
+  parser.add_argument('--fast_cpu', action='store_true',
+                      help='steps built with fast_cpu=True (`enformer_small/fast_cpu.py`)')
   parser.add_argument('--json_out', default=None)
   parser.add_argument('--one', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -225,7 +226,7 @@ def main():
   if args.one:  # Child process: one configuration, figures as JSON on stdout.
     mode, batch, dtype = args.one.split(':')
     result = run_one(mode, int(batch), dtype, args.repeats, args.min_seconds,
-                     args.input_length, args.input_dtype, args.compute_once)
+                     args.input_length, args.input_dtype, args.fast_cpu)
     print('RESULT ' + json.dumps(result))
     return
 
@@ -241,7 +242,7 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), '--one', f'{mode}:{batch}:{dtype}',
                '--repeats', str(args.repeats), '--min_seconds', str(args.min_seconds),
                '--input_length', str(args.input_length), '--input_dtype', args.input_dtype,
-               *(['--compute_once'] if args.compute_once else [])]
+               *(['--fast_cpu'] if args.fast_cpu else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
         if proc.returncode or not lines:

@@ -13,8 +13,8 @@ Variants (measured in the same process, same batch):
   rbg    dropout bits from XLA's RngBitGenerator (`jax_default_prng_impl=rbg`) instead
          of threefry: another random stream, the same dropout distribution;
   unsafe_rbg  the same without rbg's care for key splitting (faster, weaker streams);
-  compute_once  the base step with residual gradients and dropout masks computed once
-         (`training.make_train_step(compute_once=True)`, `enformer_small.computed_once`).
+  fast_cpu  the step arranged for XLA:CPU (`training.make_train_step(fast_cpu=True)`,
+         `enformer_small/fast_cpu.py`).
 
   python benchmarks/profile_step.py --batch 10000 --dtypes float32,bfloat16 \
       --variants base,rbg --out /tmp/profile
@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 PRNG_OF_VARIANT = {'base': 'threefry2x32', 'rbg': 'rbg', 'unsafe_rbg': 'unsafe_rbg',
-                   'compute_once': 'threefry2x32'}
+                   'fast_cpu': 'threefry2x32'}
 # HLO computation headers and instructions of `compiled.as_text()`.
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$')
@@ -316,7 +316,7 @@ def main():
       step = training.make_train_step(model_config, optimizer,
                                       compute_dtype=jnp.dtype(dtype),
                                       return_predictions=True,
-                                      compute_once=variant == 'compute_once')
+                                      fast_cpu=variant == 'fast_cpu')
       label = f'{variant}_{dtype}_{args.batch}'
       seq_s, rows, _ = profile(step, state, training.shard_batch(host), args, label,
                                args.out)

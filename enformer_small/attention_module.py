@@ -11,6 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from enformer_small import fast_cpu
 from enformer_small.dropout import dropout
 
 
@@ -104,7 +105,10 @@ class MultiheadAttention(hk.Module):
       # made XLA broadcast it to [B, H, 2T-1, K] and run B x H tiny matmuls.
       r_k = self._multihead_output(self._r_k_layer, positional_encodings[0])
       content_logits = jnp.einsum('bhik,bhjk->bhij', q + r_w_bias, k)
-      relative_logits = jnp.einsum('bhik,hjk->bhij', q + r_r_bias, r_k)
+      if fast_cpu.enabled():  # XLA:CPU then keeps q's layout (fast_cpu.py).
+        relative_logits = jnp.einsum('hjk,bhik->bhij', r_k, q + r_r_bias)
+      else:
+        relative_logits = jnp.einsum('bhik,hjk->bhij', q + r_r_bias, r_k)
       relative_logits = relative_shift(relative_logits)  # [B, H, T, T]
       logits = content_logits + relative_logits
     else:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from enformer_small import computed_once
+from enformer_small import fast_cpu
 
 # Threefry-2x32's rotation constants, alternating per group of four rounds.
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -36,8 +36,8 @@ def dropout(rng: jax.Array, rate: float, x: jnp.ndarray) -> jnp.ndarray:
     return x
   threshold = round(rate * 2**16)
   keep = random_bits16(rng, x.shape) >= jnp.uint16(threshold)
-  if computed_once.enabled():  # One mask for the forward and backward passes.
-    keep = computed_once.computed_once(keep)
+  if fast_cpu.enabled():  # One mask for the forward and backward passes.
+    keep = fast_cpu.computed_once(keep)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
 
 

@@ -20,7 +20,7 @@ import jmp
 import numpy as np
 import optax
 
-from enformer_small import computed_once
+from enformer_small import fast_cpu as fast_cpu_lib
 from enformer_small import enformer
 from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
@@ -109,7 +109,7 @@ def make_train_step(model_config: EnformerConfig,
                     loss: str = 'poisson',
                     soft_bin_sigma: float = 0.5,
                     frozen: Tuple[str, ...] = (),
-                    compute_once: bool = False
+                    fast_cpu: bool = False
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """A pmapped `train_step(train_state, batch) -> (train_state, metrics)`.
 
@@ -130,16 +130,15 @@ def make_train_step(model_config: EnformerConfig,
   frozen: parts whose BatchNorms run in eval mode (`model.make_model`); the optimizer
   is what keeps their parameters (`recipe.make_optimizer`).
 
-  compute_once: residual-stream gradients and dropout masks computed once instead of in
-  each consumer (`computed_once`): a faster step on CPU, the same function, but not
-  bit-identical to the default.
+  fast_cpu: the step arranged for XLA:CPU (`fast_cpu`): the same function, faster on a
+  CPU, but not bit-identical to the default.
   """
   model = make_model(model_config, cross_replica_axis=axis_name, frozen=frozen)
   single = model_lib.num_outputs(model_config, head) == 1
   objective = _objective(model_config, loss, soft_bin_sigma)
 
   def loss_fn(params, state, rng, inputs, targets):
-    with mixed_precision(compute_dtype), computed_once.scope(compute_once):
+    with mixed_precision(compute_dtype), fast_cpu_lib.scope(fast_cpu):
       outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
     output = outputs[head].astype(jnp.float32)
     predictions = model_lib.head_predictions(model_config, output)
@@ -192,18 +191,19 @@ def make_eval_step(model_config: EnformerConfig,
                    *,
                    head: str = 'yeast',
                    axis_name: str = AXIS_NAME,
-                   compute_dtype: Any = jnp.float32
+                   compute_dtype: Any = jnp.float32,
+                   fast_cpu: bool = False
                    ) -> Callable[[hk.Params, hk.State, jnp.ndarray], jnp.ndarray]:
   """A pmapped `eval_step(params, state, inputs [D, B, L, 4]) -> predictions [D, B]`.
 
   Eval mode: BatchNorm uses its moving averages, dropout is off. With several outputs
-  (`model.num_outputs`) the predictions are [D, B, T].
+  (`model.num_outputs`) the predictions are [D, B, T]. fast_cpu: as in `make_train_step`.
   """
   model = make_model(model_config)
   single = model_lib.num_outputs(model_config, head) == 1
 
   def eval_step(params, state, inputs):
-    with mixed_precision(compute_dtype):
+    with mixed_precision(compute_dtype), fast_cpu_lib.scope(fast_cpu):
       outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
                                is_training=False)
     predictions = model_lib.head_predictions(model_config,

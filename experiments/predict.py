@@ -235,13 +235,14 @@ def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
                   batch_size: int = 1000,
                   reverse_complement_average: Optional[bool] = None,
                   eval_shifts: Optional[Sequence[int]] = None,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, fast_cpu: bool = False) -> np.ndarray:
   """float32 eval-mode predictions in row order: [N], or [N, T] for T outputs.
 
   codes: uint8 [N, W], the rows the training cut its windows from: 110 bp DREAM
   encodings (the plasmid context is added here), or a table's at its length.
   reverse_complement_average, eval_shifts: the windows averaged
   (`window_average.average`); None: as the checkpoint's training evaluated.
+  fast_cpu: the forward pass arranged for XLA:CPU (`training.make_eval_step`).
   """
   windows = windows_for(ckpt, codes.shape[1], eval_shifts=eval_shifts,
                         reverse_complement_average=reverse_complement_average)
@@ -253,7 +254,7 @@ def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
     import tqdm
     bar = tqdm.tqdm(total=codes.shape[0] * len(windows.passes), unit='seq',
                     unit_scale=True, dynamic_ncols=True, leave=False, file=sys.stderr)
-  predict_pass = _pass_predictor(ckpt, codes, batch_size, bar)
+  predict_pass = _pass_predictor(ckpt, codes, batch_size, bar, fast_cpu)
   predictions = window_average.average(predict_pass, windows)
   if bar is not None:
     bar.close()
@@ -261,7 +262,8 @@ def predict_codes(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray, *,
 
 
 def _pass_predictor(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray,
-                    batch_size: int, bar) -> Callable[[int, bool], np.ndarray]:
+                    batch_size: int, bar, fast_cpu: bool
+                    ) -> Callable[[int, bool], np.ndarray]:
   """(shift, reverse) -> every row's prediction for that window, in row order."""
   from enformer_small import dataset  # TensorFlow: imported only when needed.
   config = ckpt.model_config
@@ -269,7 +271,7 @@ def _pass_predictor(ckpt: checkpoint_lib.Checkpoint, codes: np.ndarray,
   batch_size = -(-batch_size // devices) * devices
   pipeline = dataset.PipelineConfig(crop_start=ckpt.crop_start,
                                     crop_length=config.input_length, shifts=(0,))
-  eval_step = training.make_eval_step(config)
+  eval_step = training.make_eval_step(config, fast_cpu=fast_cpu)
   params = training.replicate(ckpt.params)
   state = training.replicate(ckpt.state)
   outputs = model_lib.num_outputs(config)
@@ -348,6 +350,10 @@ def define_flags() -> None:
                     "strands of each); default: as the checkpoint's training evaluated, "
                     '--eval_shifts (none: the unshifted window).')
   flags.DEFINE_integer('batch_size', 1000, 'Rows per batch (all local devices).')
+  flags.DEFINE_bool('fast_cpu', False,
+                    'CPU speed: the forward pass arranged for XLA:CPU (~15% faster at '
+                    'batch 1,024 on 2 cores); the same function, rounded otherwise, so '
+                    'not bit-identical to the default.')
   flags.DEFINE_string('output_metrics_json', None,
                       'Write the metrics against the measured values here.')
   flags.DEFINE_string('subsets_dir', None,
@@ -460,7 +466,8 @@ def run(argv_unused=None) -> Dict[str, object]:
   predictions = predict_codes(
       ckpt, rows.codes, batch_size=FLAGS.batch_size,
       reverse_complement_average=windows.reverse_complement,
-      eval_shifts=windows.shifts, progress=FLAGS.progress and sys.stderr.isatty())
+      eval_shifts=windows.shifts, progress=FLAGS.progress and sys.stderr.isatty(),
+      fast_cpu=FLAGS.fast_cpu)
   seconds = time.perf_counter() - t
   print(f'predicted {n:,} rows in {seconds:.1f} s ({n / seconds:,.0f} seq/s)'
         + averaging_note(windows))

@@ -69,8 +69,8 @@ def test_small_flags_is_the_seed_recipe():
   assert config.batch_size == 10_000 and config.num_holdout == 10_000
   assert config.shifts == (-1, 0, 1) and config.shift_mode == 'expand'
   assert config.num_epochs == 300
-  assert config.compute_dtype == 'float32' and not config.compute_once
-  assert parse_flags('--flagfile=small.flags', '--compute_once').compute_once
+  assert config.compute_dtype == 'float32' and not config.fast_cpu
+  assert parse_flags('--flagfile=small.flags', '--fast_cpu').fast_cpu
 
 
 
@@ -119,7 +119,7 @@ def test_demo_flags_keep_the_recipe_on_synthetic_data():
   seed = parse_flagfile('small.flags')
   assert config.synthetic_rows > 0 and config.synthetic_dir == 'runs/demo_data'
   for same in ('input_length', 'crop_start', 'shifts', 'shift_mode', 'momentum',
-               'compute_dtype', 'compute_once'):
+               'compute_dtype', 'fast_cpu'):
     assert getattr(config, same) == getattr(seed, same), same
   assert config.run_dir != seed.run_dir
   # Documented deviations: smaller data, batch and run; dropout off (see demo.flags).

@@ -1,13 +1,14 @@
-"""The CPU speed option `compute_once`: the same values, computed once, and off by default."""
+"""The CPU speed option `fast_cpu`: the same values, arranged for XLA:CPU, off by default."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from enformer_small import computed_once
+from enformer_small import fast_cpu
 from enformer_small import config as config_lib
 from enformer_small import dropout as dropout_lib
+from enformer_small import model as model_lib
 from enformer_small import training
 
 
@@ -20,13 +21,13 @@ from enformer_small import training
     np.array([False, True, True]),
 ])
 def test_computed_once_is_the_identity_bit_for_bit(x):
-  got = np.asarray(jax.jit(computed_once.computed_once)(x))
+  got = np.asarray(jax.jit(fast_cpu.computed_once)(x))
   assert got.dtype == x.dtype
   np.testing.assert_array_equal(got.view(np.uint8), x.view(np.uint8))
 
 
 def test_on_cpu_the_value_comes_out_of_a_while_loop():
-  text = jax.jit(lambda x: computed_once.computed_once(x) * 2).lower(
+  text = jax.jit(lambda x: fast_cpu.computed_once(x) * 2).lower(
       jnp.ones((4, 3))).compile().as_text()
   assert ' while(' in text
 
@@ -36,7 +37,7 @@ def test_gradient_computed_once_changes_neither_values_nor_gradients():
 
   def f(x, once):
     y = x * 2
-    return jnp.sum(jnp.sin(computed_once.gradient_computed_once(y) if once else y) * x)
+    return jnp.sum(jnp.sin(fast_cpu.gradient_computed_once(y) if once else y) * x)
 
   for fn in (f, jax.grad(f)):
     np.testing.assert_array_equal(jax.jit(fn, static_argnums=1)(x, True),
@@ -47,17 +48,17 @@ def test_dropout_in_the_scope_draws_the_same_mask_and_values():
   key, x = jax.random.PRNGKey(7), jnp.linspace(-1., 1., 6 * 192).reshape(6, 192)
 
   def drop(x, once):
-    with computed_once.scope(once):
+    with fast_cpu.scope(once):
       return dropout_lib.dropout(key, 0.4, x)
 
   np.testing.assert_array_equal(jax.jit(drop, static_argnums=1)(x, True),
                                 jax.jit(drop, static_argnums=1)(x, False))
-  assert not computed_once.enabled()  # The scope ends with the block.
+  assert not fast_cpu.enabled()  # The scope ends with the block.
 
 
-def test_compute_once_train_step_is_the_default_step_up_to_rounding():
+def test_fast_cpu_train_step_is_the_default_step_up_to_rounding():
   """Same state, batch and dropout masks: the loss and the parameter update agree to
-  float32 rounding. The compute_once step holds one more while loop per residual (stem
+  float32 rounding. The fast_cpu step holds one more while loop per residual (stem
   1, tower 4, transformer 2 x 4) and per dropout (5 per transformer layer, 1 in
   final_pointwise); the default step none of them."""
   model_config = config_lib.seed_config(85)
@@ -72,7 +73,7 @@ def test_compute_once_train_step_is_the_default_step_up_to_rounding():
   updates, losses, loops = {}, {}, {}
   for once in (False, True):
     step = training.make_train_step(model_config, optimizer, donate=False,
-                                    compute_once=once)
+                                    fast_cpu=once)
     loops[once] = step.lower(start, batch).compile().as_text().count(' while(')
     after, metrics = step(start, batch)
     losses[once] = float(metrics['loss'][0])
@@ -82,3 +83,28 @@ def test_compute_once_train_step_is_the_default_step_up_to_rounding():
   assert losses[True] == pytest.approx(losses[False], rel=1e-6)
   scale = np.abs(updates[False]).max()
   np.testing.assert_allclose(updates[True], updates[False], rtol=0, atol=1e-4 * scale)
+
+
+def test_fast_cpu_eval_step_predicts_as_the_default_up_to_rounding():
+  """The eval step's predictions (relative logits with their operands in the other
+  order) agree with the default's to float32 rounding."""
+  model_config = config_lib.seed_config(85)
+  params, state = model_lib.init(model_config, jax.random.PRNGKey(1))
+  # Fresh attention output layers are zero (each block starts as the identity): give
+  # them weights, so that the relative logits reach the predictions.
+  noise = np.random.default_rng(2)
+  params = {module: {name: value + 0.05 * noise.standard_normal(value.shape).astype(
+      value.dtype) if 'embedding_layer' in module else value
+                     for name, value in leaves.items()}
+            for module, leaves in params.items()}
+  inputs = training.shard_batch(np.eye(4, dtype=np.float32)[
+      np.random.default_rng(1).integers(0, 4, (jax.local_device_count(), 32, 85))])
+  params, state = training.replicate(params), training.replicate(state)
+  # BatchNorm averages of this batch: fresh ones (0 and 1) overflow the eval outputs.
+  state = training.make_batch_stats_step(model_config)(params, state, inputs)
+  out = {}
+  for fast in (False, True):
+    step = training.make_eval_step(model_config, fast_cpu=fast)
+    out[fast] = np.asarray(step(params, state, inputs))
+  assert np.std(out[False]) > 0.05  # The predictions depend on the input.
+  np.testing.assert_allclose(out[True], out[False], rtol=1e-5, atol=1e-6)
