@@ -105,8 +105,8 @@ class MultiheadAttention(hk.Module):
       # made XLA broadcast it to [B, H, 2T-1, K] and run B x H tiny matmuls.
       r_k = self._multihead_output(self._r_k_layer, positional_encodings[0])
       content_logits = jnp.einsum('bhik,bhjk->bhij', q + r_w_bias, k)
-      if fast_cpu.enabled():  # XLA:CPU then keeps q's layout (fast_cpu.py).
-        relative_logits = jnp.einsum('hjk,bhik->bhij', r_k, q + r_r_bias)
+      if fast_cpu.enabled():
+        relative_logits = fast_cpu.relative_logits(q + r_r_bias, r_k)
       else:
         relative_logits = jnp.einsum('bhik,hjk->bhij', q + r_r_bias, r_k)
       relative_logits = relative_shift(relative_logits)  # [B, H, T, T]

@@ -11,7 +11,7 @@ Two things XLA:CPU did slowly in the seed model (profiled on a 2-core CPU, BUILD
     leaves it unchanged. Used by `enformer.Residual` and `dropout.dropout`.
   * The relative-position logits `einsum('bhik,hjk->bhij', q, r_k)` made it lay the queries
     out [H, K, B*T], a slow transpose (~8.6 ms a layer in the forward pass at batch 1,024);
-    with the operands in the other order it does not (`attention_module`).
+    with the operands in the other order it does not (`relative_logits`).
 
 Values are the same, but XLA rounds differently (fused multiply-adds and the dot's sums
 fall elsewhere), so results are not bit-identical to the default: hence an option
@@ -70,6 +70,17 @@ def _through_a_loop(x: jnp.ndarray) -> jnp.ndarray:
 
   value, _ = jax.lax.while_loop(lambda carry: carry[1], body, (x, differ))
   return value
+
+
+def relative_logits(q: jnp.ndarray, r_k: jnp.ndarray) -> jnp.ndarray:
+  """`einsum('bhik,hjk->bhij', q [B, H, T, K], r_k [H, R, K])` -> [B, H, T, R].
+
+  On CPU with the operands in the other order, which XLA:CPU computes without laying
+  q out as [H, K, B*T] first; elsewhere as written.
+  """
+  return jax.lax.platform_dependent(
+      q, r_k, cpu=lambda q, r_k: jnp.einsum('hjk,bhik->bhij', r_k, q),
+      default=lambda q, r_k: jnp.einsum('bhik,hjk->bhij', q, r_k))
 
 
 @jax.custom_vjp
