@@ -41,7 +41,6 @@ from enformer_small import dream_data
 from enformer_small import metrics
 from enformer_small import plasmid
 from enformer_small import recipe as recipe_lib
-from enformer_small import scoring
 from enformer_small import training
 from enformer_small import window_average
 
@@ -103,8 +102,7 @@ class Data:
   holdout_codes: np.ndarray
   holdout_targets: np.ndarray
   test_codes: np.ndarray
-  test_measured: np.ndarray
-  splits: scoring.OfficialSplits
+  scorer: official_scores.OfficialScorer  # the test rows' measurements and splits
 
 
 def load(data_dir: str, context: int, split_seed: int = 0) -> Data:
@@ -119,7 +117,7 @@ def load(data_dir: str, context: int, split_seed: int = 0) -> Data:
       context)
   expression = np.asarray(data.expression, np.float32)
   return Data(codes[train_rows], expression[train_rows], codes[holdout_rows],
-              expression[holdout_rows], test_codes, test.measured, scorer.splits)
+              expression[holdout_rows], test_codes, scorer)
 
 
 def windows(codes: np.ndarray, starts: np.ndarray, reverse: np.ndarray) -> np.ndarray:
@@ -188,14 +186,12 @@ def train_and_score(data: Data, v: Variant, seed: int, steps) -> dict:
     if r > best[0]:
       best = (r, jax.device_get((params, bn_state)), epoch + 1)
   preds = predict(eval_step, *best[1], data.test_codes, v.recipe)
-  score = scoring.score_predictions(preds.astype(np.float64), data.test_measured,
-                                    data.splits)
+  score = data.scorer.score(preds)
   return dict(variant=v.name, seed=seed, best_epoch=best[2], holdout_r=history,
               steps_per_epoch=steps_per_epoch, seconds=round(time.perf_counter() - started, 1),
-              **{f'{split}_{name}': round(getattr(score.split(split), attr), 4)
-                 for split in ('public', 'private')
-                 for name, attr in (('pearson_r2', 'score_pearson_r2'),
-                                    ('spearman', 'score_spearman'))})
+              **{f'{split}_{name}': round(score[split][s], 4)
+                 for split in official_scores.SPLITS
+                 for name, s in zip(('pearson_r2', 'spearman'), official_scores.SCORES)})
 
 
 def model_config(v: Variant) -> config_lib.EnformerConfig:

@@ -50,7 +50,8 @@ def line(label, result):
 
 
 def summary(label, results):
-  return f'| {label} | ' + ' | '.join(official_scores.mean_sd_cells(results, bold=True)) + ' |'
+  cells = official_scores.mean_sd_cells(results, bold=True)
+  return f'| {label} | ' + ' | '.join(cells) + ' |'
 
 
 def main():

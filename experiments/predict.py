@@ -351,7 +351,7 @@ def define_flags() -> None:
                     '--eval_shifts (none: the unshifted window).')
   flags.DEFINE_integer('batch_size', 1000, 'Rows per batch (all local devices).')
   flags.DEFINE_bool('fast_cpu', False,
-                    'CPU speed: the forward pass arranged for XLA:CPU (~15% faster at '
+                    'CPU speed: the forward pass arranged for XLA:CPU (~14% faster at '
                     'batch 1,024 on 2 cores); the same function, rounded otherwise, so '
                     'not bit-identical to the default.')
   flags.DEFINE_string('output_metrics_json', None,
