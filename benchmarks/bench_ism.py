@@ -12,6 +12,7 @@ sequences/s at the same batch size (goal: within 1.2x).
 
   python benchmarks/bench_ism.py                        # 1,000 sequences at 85 bp
   python benchmarks/bench_ism.py --batches 256,1024 --sequences 1000
+  python benchmarks/bench_ism.py --fast_cpu             # both arranged for XLA:CPU
 
 The model is the seed's at its init (weights do not change the work). On CPU the script
 re-executes itself with jemalloc preloaded, as the entry points do.
@@ -48,12 +49,12 @@ def _model(input_length):
   return config, params, state
 
 
-def run_forward(batch, input_length, repeats, min_seconds):
+def run_forward(batch, input_length, repeats, min_seconds, fast_cpu):
   import jax
   import numpy as np
   from enformer_small import model as model_lib
   config, params, state = _model(input_length)
-  predict = model_lib.predict_fn(config)
+  predict = model_lib.predict_fn(config, fast_cpu=fast_cpu)
   rng = np.random.default_rng(0)
   x = jax.device_put(np.eye(4, dtype=np.float32)[rng.integers(0, 4, (batch, input_length))])
   started = time.perf_counter()
@@ -71,12 +72,12 @@ def run_forward(batch, input_length, repeats, min_seconds):
               peak_gb=peak, peak_kind=kind, device=jax.devices()[0].device_kind)
 
 
-def run_ism(batch, input_length, sequences, repeats):
+def run_ism(batch, input_length, sequences, repeats, fast_cpu):
   import jax
   import numpy as np
   from enformer_small import attribution
   config, params, state = _model(input_length)
-  scorer = attribution.enformer_scorer(config, params, state)
+  scorer = attribution.enformer_scorer(config, params, state, fast_cpu=fast_cpu)
   rng = np.random.default_rng(0)
   x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (sequences, input_length))]
   started = time.perf_counter()
@@ -105,15 +106,19 @@ def main():
   parser.add_argument('--repeats', type=int, default=3, help='forward repeats')
   parser.add_argument('--min_seconds', type=float, default=5.0)
   parser.add_argument('--ism_repeats', type=int, default=1)
+  parser.add_argument('--fast_cpu', action='store_true',
+                      help='both arranged for XLA:CPU (`enformer_small/fast_cpu.py`)')
   parser.add_argument('--json_out', default=None)
   parser.add_argument('--one', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.one:  # Child process: one (mode, batch), figures as JSON on stdout.
     mode, batch = args.one.split(':')
-    result = (run_forward(int(batch), args.input_length, args.repeats, args.min_seconds)
+    result = (run_forward(int(batch), args.input_length, args.repeats, args.min_seconds,
+                          args.fast_cpu)
               if mode == 'forward' else
-              run_ism(int(batch), args.input_length, args.sequences, args.ism_repeats))
+              run_ism(int(batch), args.input_length, args.sequences, args.ism_repeats,
+                      args.fast_cpu))
     print('RESULT ' + json.dumps(dict(result, mode=mode, batch=int(batch))))
     return
 
@@ -128,7 +133,7 @@ def main():
       cmd = [sys.executable, os.path.abspath(__file__), '--one', f'{mode}:{batch}',
              '--sequences', str(args.sequences), '--input_length', str(args.input_length),
              '--repeats', str(args.repeats), '--min_seconds', str(args.min_seconds),
-             '--ism_repeats', str(args.ism_repeats)]
+             '--ism_repeats', str(args.ism_repeats)] + (['--fast_cpu'] if args.fast_cpu else [])
       proc = subprocess.run(cmd, capture_output=True, text=True)
       lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
       if proc.returncode or not lines:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enformer_small import fast_cpu as fast_cpu_lib
 from enformer_small import metrics
 from enformer_small import model as model_lib
 from enformer_small.config import EnformerConfig
@@ -61,13 +62,16 @@ def reverse_complement(x: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=None)
 def _enformer_apply(config: EnformerConfig, heads: Tuple[str, ...],
-                    reverse_complement_average: bool):
-  """One `apply` per (config, heads, averaging), so jitted callers are compiled once."""
+                    reverse_complement_average: bool, fast_cpu: bool):
+  """One `apply` per (config, heads, averaging, fast_cpu), so jitted callers are
+  compiled once."""
   model = model_lib.make_model(config)
 
   def forward(variables, x):
     params, state = variables
-    outputs, _ = model.apply(params, state, None, x, is_training=False)
+    # The scope is read when the jitted callers trace this.
+    with fast_cpu_lib.scope(fast_cpu):
+      outputs, _ = model.apply(params, state, None, x, is_training=False)
     # Predictions, as training evaluates them: a soft-bin head's expectation.
     return jnp.concatenate(
         [model_lib.head_predictions(config, outputs[h]).reshape(x.shape[0], -1)
@@ -83,7 +87,8 @@ def _enformer_apply(config: EnformerConfig, heads: Tuple[str, ...],
 
 def enformer_scorer(config: EnformerConfig, params, state,
                     heads: Optional[Sequence[str]] = None,
-                    reverse_complement_average: bool = False) -> Scorer:
+                    reverse_complement_average: bool = False,
+                    fast_cpu: bool = False) -> Scorer:
   """A `Scorer` of an Enformer (any config) in eval mode.
 
   Args:
@@ -91,13 +96,15 @@ def enformer_scorer(config: EnformerConfig, params, state,
     heads: heads to attribute (default: all, in config order); their outputs are
       flattened and concatenated into the T outputs.
     reverse_complement_average: attribute (f(x) + f(rc(x))) / 2.
+    fast_cpu: the model arranged for XLA:CPU (`fast_cpu.py`): the same function,
+      rounded otherwise (predictions and attributions agree to ~1e-6, not bit for bit).
   """
   heads = tuple(heads) if heads else tuple(name for name, _ in config.heads)
   unknown = sorted(set(heads) - set(config.head_channels))
   if unknown:
     raise ValueError(f'unknown head(s) {unknown}; the model has '
                      f'{[name for name, _ in config.heads]}')
-  apply = _enformer_apply(config, heads, bool(reverse_complement_average))
+  apply = _enformer_apply(config, heads, bool(reverse_complement_average), bool(fast_cpu))
   variables = (params, state)
   dummy = jax.ShapeDtypeStruct((1, config.input_length, 4), jnp.float32)
   outputs = model_lib.make_model(config).apply

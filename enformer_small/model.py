@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from enformer_small import enformer
+from enformer_small import fast_cpu as fast_cpu_lib
 from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
 
@@ -84,16 +85,18 @@ def num_outputs(config: EnformerConfig, head: str = 'yeast') -> int:
   return 1 if config.head_kind == 'soft_bins' else config.head_channels[head]
 
 
-def predict_fn(config: EnformerConfig, head: str = 'yeast'):
+def predict_fn(config: EnformerConfig, head: str = 'yeast', fast_cpu: bool = False):
   """jit-compiled eval-mode forward: (params, state, inputs [B, L, 4]) -> [B, ...].
 
-  Predictions, not logits: a soft-bin head gives its expectation ([B, 1]).
+  Predictions, not logits: a soft-bin head gives its expectation ([B, 1]). fast_cpu:
+  arranged for XLA:CPU (`fast_cpu.py`), the same function rounded otherwise.
   """
   model = make_model(config)
 
   @jax.jit
   def predict(params, state, inputs):
-    outputs, _ = model.apply(params, state, None, inputs.astype(jnp.float32),
-                             is_training=False)
+    with fast_cpu_lib.scope(fast_cpu):
+      outputs, _ = model.apply(params, state, None, inputs.astype(jnp.float32),
+                               is_training=False)
     return head_predictions(config, outputs[head].astype(jnp.float32))
   return predict

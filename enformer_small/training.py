@@ -217,7 +217,8 @@ def make_batch_stats_step(model_config: EnformerConfig,
                           *,
                           axis_name: str = AXIS_NAME,
                           compute_dtype: Any = jnp.float32,
-                          frozen: Tuple[str, ...] = ()
+                          frozen: Tuple[str, ...] = (),
+                          fast_cpu: bool = False
                           ) -> Callable[[hk.Params, hk.State, jnp.ndarray], hk.State]:
   """A pmapped `stats_step(params, state, inputs [D, B, L, 4]) -> state`.
 
@@ -232,7 +233,7 @@ def make_batch_stats_step(model_config: EnformerConfig,
   model = make_model(stats_config, cross_replica_axis=axis_name, frozen=frozen)
 
   def stats_step(params, state, inputs):
-    with mixed_precision(compute_dtype):
+    with mixed_precision(compute_dtype), fast_cpu_lib.scope(fast_cpu):
       _, new_state = model.apply(params, state, None, inputs.astype(compute_dtype),
                                  is_training=True)
     return new_state

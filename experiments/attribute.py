@@ -327,6 +327,10 @@ def define_flags() -> None:
   flags.DEFINE_bool('reverse_complement_average', False,
                     'Attribute the mean of the predictions of both strands.')
   flags.DEFINE_integer('batch_size', 256, 'Rows (sequences or mutants) per forward pass.')
+  flags.DEFINE_bool('fast_cpu', False,
+                    'CPU speed: the forward pass arranged for XLA:CPU (enformer_small/'
+                    'fast_cpu.py); the same function, rounded otherwise, so not '
+                    'bit-identical to the default.')
   flags.DEFINE_integer('ig_steps', 32, 'Integrated gradients: points on the path.')
   flags.DEFINE_enum('ig_baseline', 'zeros', ['zeros', 'uniform'],
                     'Integrated gradients: all-N (zeros) or 0.25 per base (uniform).')
@@ -384,7 +388,8 @@ def run(argv_unused=None) -> Dict[str, np.ndarray]:
   window = window_of(ckpt)
   scorer = attribution.enformer_scorer(ckpt.model_config, ckpt.params, ckpt.state,
                                        heads=FLAGS.heads,
-                                       reverse_complement_average=FLAGS.reverse_complement_average)
+                                       reverse_complement_average=FLAGS.reverse_complement_average,
+                                       fast_cpu=FLAGS.fast_cpu)
   x = one_hot(window, data.sequences)
   print(f'{FLAGS.checkpoint}: {window.length} bp model (window [{window.start}:'
         f'{window.start + window.length}] of 110); {len(data.sequences):,} sequences; '

@@ -823,7 +823,8 @@ def build_steps(config: TrainConfig, plan: Plan, train_state: training.TrainStat
   if config.bn_recalibration_batches:
     batch_stats = _compiled('batch_stats', key + (config.freeze,),
                             lambda: training.make_batch_stats_step(
-        plan.model_config, compute_dtype=dtype, frozen=config.freeze), train_state.params,
+        plan.model_config, compute_dtype=dtype, frozen=config.freeze,
+        fast_cpu=config.fast_cpu), train_state.params,
                             train_state.state, example['inputs'])
   return Steps(train=train_step, eval=eval_step, batch_stats=batch_stats)
 

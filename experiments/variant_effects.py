@@ -51,6 +51,10 @@ def define_flags() -> None:
   flags.DEFINE_bool('reverse_complement_average', False,
                     'Average each prediction with that of the reverse complement.')
   flags.DEFINE_integer('batch_size', 256, 'Sequences per forward pass.')
+  flags.DEFINE_bool('fast_cpu', False,
+                    'CPU speed: the forward pass arranged for XLA:CPU (enformer_small/'
+                    'fast_cpu.py); the same function, rounded otherwise, so not '
+                    'bit-identical to the default.')
   flags.DEFINE_bool('progress', True, 'Progress bar (only on a terminal).')
 
 
@@ -100,7 +104,7 @@ def run(argv_unused=None) -> variant_effects.Effects:
   window = variant_effects.Window.of_checkpoint(ckpt)
   scorer = attribution.enformer_scorer(
       ckpt.model_config, ckpt.params, ckpt.state, heads=FLAGS.heads,
-      reverse_complement_average=FLAGS.reverse_complement_average)
+      reverse_complement_average=FLAGS.reverse_complement_average, fast_cpu=FLAGS.fast_cpu)
   print(f'{FLAGS.checkpoint}: {window.length} bp model (window [{window.start}:'
         f'{window.start + window.length}] of 110); {len(rows):,} '
         f'{"pairs" if FLAGS.pairs else "edits"}')
