@@ -69,7 +69,8 @@ def run_forward(batch, input_length, repeats, min_seconds, fast_cpu):
     rates.append(done / (time.perf_counter() - started))
   peak, kind = _peak_memory_gb(jax.devices()[0])
   return dict(rate=statistics.median(rates), rates=rates, compile_s=compile_s,
-              peak_gb=peak, peak_kind=kind, device=jax.devices()[0].device_kind)
+              peak_gb=peak, peak_kind=kind, device=jax.devices()[0].device_kind,
+              fast_cpu=fast_cpu)
 
 
 def run_ism(batch, input_length, sequences, repeats, fast_cpu):
@@ -94,7 +95,7 @@ def run_ism(batch, input_length, sequences, repeats, fast_cpu):
   peak, kind = _peak_memory_gb(jax.devices()[0])
   return dict(rate=statistics.median(rates), rates=rates, seconds=seconds,
               compile_s=compile_s, mutants=mutants, peak_gb=peak, peak_kind=kind,
-              device=jax.devices()[0].device_kind)
+              device=jax.devices()[0].device_kind, fast_cpu=fast_cpu)
 
 
 def main():
@@ -124,7 +125,8 @@ def main():
 
   _runtime.reexec_with_jemalloc()  # The children inherit LD_PRELOAD.
   print(f'{args.sequences:,} sequences at {args.input_length} bp '
-        f'({3 * args.input_length * args.sequences:,} mutants)', flush=True)
+        f'({3 * args.input_length * args.sequences:,} mutants)'
+        f'{"; --fast_cpu" if args.fast_cpu else ""}', flush=True)
   print(f"{'mode':8s} {'batch':>6s} {'compile s':>9s} {'rows/s':>9s} {'peak GB':>8s}  "
         'device', flush=True)
   results = {}

@@ -10,13 +10,14 @@ Parts (comma-separated, each variant a '+'-joined set):
   batch_norm      every BatchNorm is the identity (statistics, normalisation, averages);
   gelu            GELU is ReLU;
   layer_norm      every LayerNorm is the identity;
-  attention_core  each attention block is embedding_layer(v) (+ 0 x the q and k
-                  projections, so that their matmuls stay): no logits, relative
-                  positions, softmax or weighted sum.
+  attention_core  each attention block is embedding_layer(v) (+ 0 x the sums of the q
+                  and k projections, so that their matmuls stay whole): no logits,
+                  relative positions, softmax or weighted sum.
 
 Variants alternate in fresh processes (jemalloc), each a median of --repeats timings of
 >= --min_seconds of whole steps (`bench_model.run_one`), --rounds rounds; printed: median
-seq/s, ms per step and its difference from the whole model.
+seq/s, ms per step and its difference from the whole model, and XLA's MFLOP a sequence
+(what is left of the work).
 
   python benchmarks/cost_of_parts.py --batch 256 --fast_cpu \
       --variants dropout+batch_norm+gelu+layer_norm,dropout+batch_norm+gelu+layer_norm+attention_core
@@ -55,8 +56,9 @@ def take_out(parts) -> None:
   if 'attention_core' in parts:
     def projections_only(self, inputs, is_training=False):
       q, k, v = self._q_layer(inputs), self._k_layer(inputs), self._v_layer(inputs)
-      c = v.shape[-1]
-      return self._embedding_layer(v + (q[..., :c] + k[..., :c]) * 0.0)
+      # Every column used: a slice of q or k would let XLA shrink their matmuls.
+      unused = q.sum(-1, keepdims=True) + k.sum(-1, keepdims=True)
+      return self._embedding_layer(v + 0.0 * unused)
     attention_module.MultiheadAttention.__call__ = projections_only
 
 
@@ -73,23 +75,25 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=256)
-  parser.add_argument('--variants', default='+'.join(PARTS[:4]) + ',' + '+'.join(PARTS))
+  parser.add_argument('--variants', default='+'.join(PARTS[:4]) + ',' + '+'.join(PARTS),
+                      help='comma-separated; each a +-joined set of parts to take out')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--min_seconds', type=float, default=4.0)
   parser.add_argument('--input_length', type=int, default=85)
-  parser.add_argument('--fast_cpu', action='store_true')
+  parser.add_argument('--fast_cpu', action='store_true',
+                      help='the step arranged for XLA:CPU (`enformer_small/fast_cpu.py`)')
   parser.add_argument('--one', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
     _child(args)
     return
-  variants = ['none'] + args.variants.split(',')
+  variants = ['none'] + [v for v in args.variants.split(',') if v != 'none']
   unknown = {p for v in variants[1:] for p in v.split('+')} - set(PARTS)
   if unknown:
     parser.error(f'unknown part(s) {sorted(unknown)}; parts: {", ".join(PARTS)}')
   _runtime.reexec_with_jemalloc()  # The children inherit LD_PRELOAD.
-  rates = {v: [] for v in variants}
+  rates, mflops = {v: [] for v in variants}, {}
   for round_ in range(args.rounds):
     for variant in variants:
       cmd = [sys.executable, os.path.abspath(__file__), '--one', variant,
@@ -100,16 +104,18 @@ def main():
       lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
       if proc.returncode or not lines:
         sys.exit(f'{variant} failed: {proc.stderr.strip()[-800:]}')
-      rates[variant].append(json.loads(lines[-1][len('RESULT '):])['seq_s'])
+      result = json.loads(lines[-1][len('RESULT '):])
+      rates[variant].append(result['seq_s'])
+      mflops[variant] = result['flops_per_seq'] / 1e6
       print(f'round {round_ + 1} {variant}: {rates[variant][-1]:.0f} seq/s', flush=True)
   whole_ms = args.batch / statistics.median(rates['none']) * 1e3
   print(f'\nbatch {args.batch}{", --fast_cpu" if args.fast_cpu else ""}; taken out | '
-        'seq/s (rounds) | ms a step | ms less than the whole model')
+        'seq/s (rounds) | ms a step | ms less than the whole model | MFLOP a sequence')
   for variant in variants:
     rate = statistics.median(rates[variant])
     ms = args.batch / rate * 1e3
     print(f'{variant} | {rate:.0f} ({", ".join(f"{r:.0f}" for r in rates[variant])}) | '
-          f'{ms:.1f} | {whole_ms - ms:.1f}')
+          f'{ms:.1f} | {whole_ms - ms:.1f} | {mflops[variant]:.1f}')
 
 
 if __name__ == '__main__':

@@ -328,9 +328,10 @@ def define_flags() -> None:
                     'Attribute the mean of the predictions of both strands.')
   flags.DEFINE_integer('batch_size', 256, 'Rows (sequences or mutants) per forward pass.')
   flags.DEFINE_bool('fast_cpu', False,
-                    'CPU speed: the forward pass arranged for XLA:CPU (enformer_small/'
-                    'fast_cpu.py); the same function, rounded otherwise, so not '
-                    'bit-identical to the default.')
+                    "CPU speed: the model's passes (forward, and backward for the "
+                    'gradient methods) arranged for XLA:CPU (enformer_small/fast_cpu.py); '
+                    'the same function, rounded otherwise, so not bit-identical to the '
+                    'default.')
   flags.DEFINE_integer('ig_steps', 32, 'Integrated gradients: points on the path.')
   flags.DEFINE_enum('ig_baseline', 'zeros', ['zeros', 'uniform'],
                     'Integrated gradients: all-N (zeros) or 0.25 per base (uniform).')
