@@ -86,11 +86,14 @@ def test_fast_cpu_train_step_is_the_default_step_up_to_rounding():
   np.testing.assert_allclose(updates[True], updates[False], rtol=0, atol=1e-4 * scale)
 
 
-def _attention_at_work(model_config):
-  """Replicated params, state and a batch under which the relative logits reach the
+@pytest.fixture(scope='module')
+def attention_at_work():
+  """The seed config, replicated params, fresh state, the state of this batch's
+  BatchNorm statistics, and the batch, under which the relative logits reach the
   predictions: fresh attention output layers are zero (each block starts as the
   identity), so they get weights; fresh BatchNorm averages (0 and 1) overflow the eval
-  outputs, so they are this batch's statistics."""
+  outputs, so the tests take this batch's statistics."""
+  model_config = config_lib.seed_config(85)
   params, state = model_lib.init(model_config, jax.random.PRNGKey(1))
   noise = np.random.default_rng(2)
   params = {module: {name: value + 0.05 * noise.standard_normal(value.shape).astype(
@@ -100,37 +103,34 @@ def _attention_at_work(model_config):
   inputs = training.shard_batch(np.eye(4, dtype=np.float32)[
       np.random.default_rng(1).integers(0, 4, (jax.local_device_count(), 32, 85))])
   params, state = training.replicate(params), training.replicate(state)
-  return params, state, inputs
+  stats = training.make_batch_stats_step(model_config)(params, state, inputs)
+  return model_config, params, state, stats, inputs
 
 
-def test_fast_cpu_eval_step_predicts_as_the_default_up_to_rounding():
+def test_fast_cpu_eval_step_predicts_as_the_default_up_to_rounding(attention_at_work):
   """The eval step's predictions (relative logits with their operands in the other
   order) and the BatchNorm statistics step agree with the default's to float32
   rounding."""
-  model_config = config_lib.seed_config(85)
-  params, fresh_state, inputs = _attention_at_work(model_config)
-  state = {fast: training.make_batch_stats_step(model_config, fast_cpu=fast)(
-      params, fresh_state, inputs) for fast in (False, True)}
-  for a, b in zip(jax.tree_util.tree_leaves(state[True]),
-                  jax.tree_util.tree_leaves(state[False])):
+  model_config, params, fresh_state, stats, inputs = attention_at_work
+  fast_stats = training.make_batch_stats_step(model_config, fast_cpu=True)(
+      params, fresh_state, inputs)
+  for a, b in zip(jax.tree_util.tree_leaves(fast_stats), jax.tree_util.tree_leaves(stats)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   out = {}
   for fast in (False, True):
     step = training.make_eval_step(model_config, fast_cpu=fast)
-    out[fast] = np.asarray(step(params, state[False], inputs))
+    out[fast] = np.asarray(step(params, stats, inputs))
   assert np.std(out[False]) > 0.05  # The predictions depend on the input.
   np.testing.assert_allclose(out[True], out[False], rtol=1e-5, atol=1e-6)
 
 
-def test_fast_cpu_attributions_are_the_defaults_up_to_rounding():
+def test_fast_cpu_attributions_are_the_defaults_up_to_rounding(attention_at_work):
   """A scorer with fast_cpu=True (`attribute --fast_cpu`, `variant_effects
   --fast_cpu`): ISM effects and gradient x input (the backward pass through the
   residuals' loops) agree with the default scorer's to float32 rounding, and so does
   `model.predict_fn(fast_cpu=True)`."""
-  model_config = config_lib.seed_config(85)
-  params, state, inputs = _attention_at_work(model_config)
-  state = training.make_batch_stats_step(model_config)(params, state, inputs)
-  params, state = jax.tree_util.tree_map(lambda a: a[0], (params, state))
+  model_config, params, _, stats, inputs = attention_at_work
+  params, state = jax.tree_util.tree_map(lambda a: a[0], (params, stats))
   x = np.asarray(inputs[0, :2])
   got = {}
   for fast in (False, True):
