@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from enformer_small import fast_cpu as fast_cpu_lib
 from enformer_small import metrics
 from enformer_small import model as model_lib
 from enformer_small.config import EnformerConfig
@@ -65,13 +64,11 @@ def _enformer_apply(config: EnformerConfig, heads: Tuple[str, ...],
                     reverse_complement_average: bool, fast_cpu: bool):
   """One `apply` per (config, heads, averaging, fast_cpu), so jitted callers are
   compiled once."""
-  model = model_lib.make_model(config)
+  model = model_lib.make_model(config, fast_cpu=fast_cpu)
 
   def forward(variables, x):
     params, state = variables
-    # The scope is read when the jitted callers trace this.
-    with fast_cpu_lib.scope(fast_cpu):
-      outputs, _ = model.apply(params, state, None, x, is_training=False)
+    outputs, _ = model.apply(params, state, None, x, is_training=False)
     # Predictions, as training evaluates them: a soft-bin head's expectation.
     return jnp.concatenate(
         [model_lib.head_predictions(config, outputs[h]).reshape(x.shape[0], -1)

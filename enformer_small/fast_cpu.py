@@ -15,8 +15,9 @@ Two things XLA:CPU did slowly in the seed model (profiled on a 2-core CPU, BUILD
 
 Values are the same, but XLA rounds differently (fused multiply-adds and the dot's sums
 fall elsewhere), so results are not bit-identical to the default: hence an option
-(`scope(True)`; `--fast_cpu` of `experiments.train`, `predict`, `attribute` and
-`variant_effects`), and the seed's recipe stays as it was, bit for bit.
+(`model.make_model(fast_cpu=True)`, which traces the modules within `scope(True)`;
+`--fast_cpu` of `experiments.train`, `predict`, `attribute` and `variant_effects`), and
+the seed's recipe stays as it was, bit for bit.
 """
 
 import contextlib

@@ -18,20 +18,24 @@ ROOT = 'enformer/~/'
 
 def make_model(config: EnformerConfig,
                cross_replica_axis: Optional[str] = None,
-               frozen: Tuple[str, ...] = ()) -> hk.TransformedWithState:
+               frozen: Tuple[str, ...] = (),
+               fast_cpu: bool = False) -> hk.TransformedWithState:
   """`init(rng, inputs, is_training)` / `apply(params, state, rng, inputs, is_training)`.
 
   Initialise with `is_training=True`: Haiku's BatchNorm creates its moving averages only
   on a training-mode call. `frozen`: module paths (`is_frozen`) whose BatchNorms run in
   eval mode even in training: a frozen part normalises with the averages it was trained
-  with, and never moves them.
+  with, and never moves them. `fast_cpu`: the model arranged for XLA:CPU
+  (`fast_cpu.py`), the same function rounded otherwise.
   """
   def forward(inputs, is_training):
     module = enformer.Enformer(config, cross_replica_axis=cross_replica_axis)
-    if not frozen:
-      return module(inputs, is_training=is_training)
-    with hk.intercept_methods(_frozen_batch_norm_interceptor(frozen)):
-      return module(inputs, is_training=is_training)
+    # The scope is read while `init` / `apply` trace the modules.
+    with fast_cpu_lib.scope(fast_cpu):
+      if not frozen:
+        return module(inputs, is_training=is_training)
+      with hk.intercept_methods(_frozen_batch_norm_interceptor(frozen)):
+        return module(inputs, is_training=is_training)
   return hk.transform_with_state(forward)
 
 
@@ -91,12 +95,11 @@ def predict_fn(config: EnformerConfig, head: str = 'yeast', fast_cpu: bool = Fal
   Predictions, not logits: a soft-bin head gives its expectation ([B, 1]). fast_cpu:
   arranged for XLA:CPU (`fast_cpu.py`), the same function rounded otherwise.
   """
-  model = make_model(config)
+  model = make_model(config, fast_cpu=fast_cpu)
 
   @jax.jit
   def predict(params, state, inputs):
-    with fast_cpu_lib.scope(fast_cpu):
-      outputs, _ = model.apply(params, state, None, inputs.astype(jnp.float32),
-                               is_training=False)
+    outputs, _ = model.apply(params, state, None, inputs.astype(jnp.float32),
+                             is_training=False)
     return head_predictions(config, outputs[head].astype(jnp.float32))
   return predict

@@ -20,7 +20,6 @@ import jmp
 import numpy as np
 import optax
 
-from enformer_small import fast_cpu as fast_cpu_lib
 from enformer_small import enformer
 from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
@@ -133,12 +132,13 @@ def make_train_step(model_config: EnformerConfig,
   fast_cpu: the step arranged for XLA:CPU (`fast_cpu`): the same function, faster on a
   CPU, but not bit-identical to the default.
   """
-  model = make_model(model_config, cross_replica_axis=axis_name, frozen=frozen)
+  model = make_model(model_config, cross_replica_axis=axis_name, frozen=frozen,
+                     fast_cpu=fast_cpu)
   single = model_lib.num_outputs(model_config, head) == 1
   objective = _objective(model_config, loss, soft_bin_sigma)
 
   def loss_fn(params, state, rng, inputs, targets):
-    with mixed_precision(compute_dtype), fast_cpu_lib.scope(fast_cpu):
+    with mixed_precision(compute_dtype):
       outputs, new_state = model.apply(params, state, rng, inputs, is_training=True)
     output = outputs[head].astype(jnp.float32)
     predictions = model_lib.head_predictions(model_config, output)
@@ -199,11 +199,11 @@ def make_eval_step(model_config: EnformerConfig,
   Eval mode: BatchNorm uses its moving averages, dropout is off. With several outputs
   (`model.num_outputs`) the predictions are [D, B, T]. fast_cpu: as in `make_train_step`.
   """
-  model = make_model(model_config)
+  model = make_model(model_config, fast_cpu=fast_cpu)
   single = model_lib.num_outputs(model_config, head) == 1
 
   def eval_step(params, state, inputs):
-    with mixed_precision(compute_dtype), fast_cpu_lib.scope(fast_cpu):
+    with mixed_precision(compute_dtype):
       outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
                                is_training=False)
     predictions = model_lib.head_predictions(model_config,
@@ -227,13 +227,15 @@ def make_batch_stats_step(model_config: EnformerConfig,
   zero-debiased average of one value is that value), averaged over devices as in
   training. For `recalibrate_batch_norm`. BatchNorms of `frozen` parts run in eval mode
   and return their state as it was (`recalibrate_batch_norm(frozen=...)` keeps it).
+  fast_cpu: as in `make_train_step`.
   """
   stats_config = dataclasses.replace(model_config.without_dropout(),
                                      batch_norm_decay=0.0)
-  model = make_model(stats_config, cross_replica_axis=axis_name, frozen=frozen)
+  model = make_model(stats_config, cross_replica_axis=axis_name, frozen=frozen,
+                     fast_cpu=fast_cpu)
 
   def stats_step(params, state, inputs):
-    with mixed_precision(compute_dtype), fast_cpu_lib.scope(fast_cpu):
+    with mixed_precision(compute_dtype):
       _, new_state = model.apply(params, state, None, inputs.astype(compute_dtype),
                                  is_training=True)
     return new_state

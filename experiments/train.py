@@ -1399,10 +1399,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                     'Activation dtype (parameters stay float32).', **fv)
   flags.DEFINE_bool('fast_cpu', d.fast_cpu,
                     'CPU speed: the train, eval and BatchNorm-statistics steps arranged '
-                    'for XLA:CPU (residual '
-                    'gradients and dropout masks computed once, relative logits without a '
-                    'transpose; ~20% faster train step at batch 256 on 2 cores); the same '
-                    'function, rounded otherwise, so not bit-identical to the default.',
+                    'for XLA:CPU (residual gradients and dropout masks computed once, '
+                    'relative logits without a transpose; ~20% faster train step at batch '
+                    '256 on 2 cores); the same function, rounded otherwise, so not '
+                    'bit-identical to the default.',
                     **fv)
   flags.DEFINE_integer('keep_checkpoints', d.keep_checkpoints,
                        'Epoch-end saves kept in --run_dir/checkpoints, besides the '
