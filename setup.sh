@@ -11,6 +11,14 @@ if ! cmp -s requirements.txt .venv/.installed-requirements.txt; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  # memelite's TOMTOM and FIMO are numba kernels compiled on first use (~2 min) and
+  # cached on disk: compile them here, once, rather than in the first motif command.
+  .venv/bin/python -c "
+from enformer_small import motif_db, motif_scan
+motifs = motif_db.jaspar()[:30]
+motif_db.tomtom([motifs[0].ppm], motifs)
+motif_scan.scan(['ACGT' * 20], motifs[:2])" >/dev/null 2>&1 ||
+    echo 'setup.sh: could not compile the motif kernels ahead; the first motif command will' >&2
   cp requirements.txt .venv/.installed-requirements.txt
 fi
 # glibc's allocator makes XLA's CPU training erratic and slow on these VMs; the entry

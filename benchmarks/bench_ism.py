@@ -77,18 +77,20 @@ def run_ism(batch, input_length, sequences, repeats, fast_cpu):
   import jax
   import numpy as np
   from enformer_small import attribution
+  from enformer_small import inference
   config, params, state = _model(input_length)
-  scorer = attribution.enformer_scorer(config, params, state, fast_cpu=fast_cpu)
+  predictor = inference.model_predictor(config, params, state, fast_cpu=fast_cpu,
+                                        batch_size=batch)
   rng = np.random.default_rng(0)
   x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (sequences, input_length))]
   started = time.perf_counter()
-  attribution.ism(scorer, x[:max(1, batch // (3 * input_length) + 1)], batch_size=batch)
+  attribution.ism(predictor, x[:max(1, batch // (3 * input_length) + 1)])
   compile_s = time.perf_counter() - started
   mutants = 3 * input_length * sequences
   rates, seconds = [], []
   for _ in range(repeats):
     started = time.perf_counter()
-    effects = attribution.ism(scorer, x, batch_size=batch)
+    effects = attribution.ism(predictor, x)
     seconds.append(time.perf_counter() - started)
     rates.append(mutants / seconds[-1])
   assert effects.shape == (sequences, input_length, 4, 1)

@@ -88,13 +88,13 @@ def _host_batches(batch, n, input_length, input_dtype):
     ring = [_random_host_batch(rng, batch, n, input_length, input_dtype)
             for _ in range(4)]
     return itertools.cycle(ring), 'ring of 4 host batches (no TensorFlow)'
-  from enformer_small import checkpoint
   from enformer_small import dream_data
+  from enformer_small import plasmid
   from enformer_small import synthetic
   rows = synthetic.generate(synthetic.SyntheticConfig(num_rows=FEED_ROWS, seed=0))
   data = dream_data.DreamData(codes=rows.codes(), expression=rows.expression,
                               lengths=rows.lengths, source='synthetic')
-  crop_start = checkpoint.default_crop_start(input_length)
+  crop_start = plasmid.default_window_start(input_length)
   shifts = tuple(s for s in (-1, 0, 1) if 0 <= crop_start + s and
                  crop_start + s + input_length <= dream_data.SEQUENCE_LENGTH)
   config = dataset.PipelineConfig(crop_start=crop_start, crop_length=input_length,
@@ -113,11 +113,12 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
   import numpy as np
   from enformer_small import config as config_lib
   from enformer_small import training
-  from experiments import train as train_lib
+  from enformer_small import train_loop
+  from enformer_small import train_plan
 
   model_config = config_lib.seed_config(input_length)
   compute_dtype = jnp.dtype(dtype)
-  input_dtype = np.dtype(input_dtype or train_lib.INPUT_DTYPE)
+  input_dtype = np.dtype(input_dtype or train_plan.INPUT_DTYPE)
   optimizer = training.make_optimizer()
   train_state = training.replicate(
       training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0)))
@@ -128,7 +129,7 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
   if mode in ('feed', 'fed'):
     host_batches, feed = _host_batches(batch, n, input_length, input_dtype)
     device_batches = training.prefetch_to_device(host_batches,
-                                                train_lib.DEVICE_PREFETCH)
+                                                train_loop.DEVICE_PREFETCH)
 
   if mode == 'forward':
     step = training.make_eval_step(model_config, compute_dtype=compute_dtype,
@@ -163,25 +164,10 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
     pending = metrics
     return None
 
-  def sync():
+  def sync(out):
     jax.block_until_ready(pending if mode == 'fed' else out)
 
-  out = call()  # warm-up
-  sync()
-  rates = []
-  for _ in range(repeats):
-    steps, t0 = 0, time.perf_counter()
-    while True:
-      out = call()
-      steps += 1
-      # Like the train loop, `fed` only waits for a step when fetching its results.
-      if mode != 'fed':
-        sync()
-      elapsed = time.perf_counter() - t0
-      if elapsed >= min_seconds:
-        break
-    sync()
-    rates.append(steps * batch / (time.perf_counter() - t0))
+  rates = _rates(call, sync, mode, batch, repeats, min_seconds)
   seq_s = statistics.median(rates)
   peak, peak_kind = _peak_memory_bytes(jax.local_devices()[0])
   return dict(mode=mode, batch=batch, dtype=dtype, input_dtype=input_dtype.name,
@@ -190,6 +176,26 @@ def run_one(mode, batch, dtype, repeats, min_seconds, input_length, input_dtype,
               compile_s=compile_s, seq_s=seq_s, seq_s_all=rates,
               flops_per_seq=flops_per_seq, flop_s=seq_s * flops_per_seq,
               peak_gb=peak / 2**30, peak_kind=peak_kind)
+
+
+def _rates(call, sync, mode, batch, repeats, min_seconds):
+  """seq/s of `repeats` timings of at least `min_seconds` of whole calls, after one
+  warm-up call."""
+  sync(call())
+  rates = []
+  for _ in range(repeats):
+    steps, t0, out = 0, time.perf_counter(), None
+    while True:
+      out = call()
+      steps += 1
+      # Like the train loop, `fed` only waits for a step when fetching its results.
+      if mode != 'fed':
+        sync(out)
+      if time.perf_counter() - t0 >= min_seconds:
+        break
+    sync(out)
+    rates.append(steps * batch / (time.perf_counter() - t0))
+  return rates
 
 
 def peak_gflops(device_kind, dtype, override):

@@ -2,7 +2,7 @@ r"""What bfloat16 compute (`--compute_dtype bfloat16`) does to the seed model's 
 
 With the seed's TF checkpoint from the shared fixtures (converted), predicts the fixture
 batch and --rows random sequences in float32 and in bfloat16 (float32 parameters and
-normalisation, bfloat16 activations and matmuls: `training.mixed_precision`), and prints
+normalisation, bfloat16 activations and matmuls: `model.mixed_precision`), and prints
 the absolute differences, beside float32's own difference from TF's outputs. Also one
 train step (no dropout) from the same state in each dtype: loss and gradient agreement.
 
@@ -46,7 +46,7 @@ def main():
   preds = {}
   for dtype in ('float32', 'bfloat16'):
     step = training.make_eval_step(cfg, compute_dtype=jnp.dtype(dtype))
-    preds[dtype] = [np.asarray(step(rep(params), rep(state), x[None]))[0]
+    preds[dtype] = [np.asarray(step(rep(params), rep(state), x[None]))[0, :, 0]
                     for x in (cases['x'], random_x)]
   print(f'fixture batch ({len(cases["x"])} rows): float32 vs TF '
         f'{_diff(preds["float32"][0], cases["eval_out"][:, 0])}; bfloat16 vs float32 '
@@ -63,13 +63,14 @@ def _train_step_agreement(cfg, params, state, x, rng):
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from enformer_small import model as model_lib
   from enformer_small import training
   cfg = cfg.without_dropout()
   model = training.make_model(cfg)
   y = jnp.asarray(rng.uniform(0, 17, (len(x), 1)), jnp.float32)
 
   def loss(p, dtype):
-    with training.mixed_precision(dtype):
+    with model_lib.mixed_precision(dtype):
       out, _ = model.apply(p, state, None, jnp.asarray(x, dtype), is_training=True)
     return training.poisson_loss(out['yeast'].astype(jnp.float32), y)
 

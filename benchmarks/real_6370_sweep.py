@@ -42,6 +42,7 @@ from enformer_small import metrics
 from enformer_small import plasmid
 from enformer_small import recipe as recipe_lib
 from enformer_small import training
+from enformer_small import inference
 from enformer_small import window_average
 
 import official_scores  # benchmarks/, this script's own folder.
@@ -142,19 +143,10 @@ def epoch_batches(data: Data, v: Variant, rng: np.random.Generator):
 
 def predict(eval_step, params, state, codes: np.ndarray, recipe: recipe_lib.Recipe,
             batch: int = 4096) -> np.ndarray:
-  """The recipe's window average over the rows (`window_average.average`)."""
-  batch = min(batch, len(codes))
-  def predict_pass(shift: int, reverse: bool) -> np.ndarray:
-    out = []
-    for i in range(0, len(codes), batch):
-      chunk = codes[i:i + batch]
-      n = len(chunk)
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
-      starts = np.full(batch, recipe.plasmid_context + shift)
-      inputs = windows(chunk, starts, np.full(batch, reverse))[None]
-      out.append(np.asarray(eval_step(params, state, training.shard_batch(inputs)))[0, :n])
-    return np.concatenate(out)
-  return window_average.average(predict_pass, window_average.of_recipe(recipe))
+  """The recipe's window average over the rows, by the one inference path."""
+  windows = window_average.of_recipe(recipe, recipe.plasmid_context, INPUT_LENGTH)
+  return inference.predict_rows(lambda x: eval_step(params, state, x), codes, windows,
+                                batch_size=min(batch, len(codes)))[:, 0]
 
 
 def train_and_score(data: Data, v: Variant, seed: int, steps) -> dict:

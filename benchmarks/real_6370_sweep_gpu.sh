@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One lent-GPU session screening recipe variants on the real rows (issue 10): every
+# One run on a GPU machine screening recipe variants on the real rows (issue 10): every
 # variant of benchmarks/real_6370_sweep.py in its own process (they compile in parallel
 # on the machine's cores and share the GPU), 3 seeds each, each process stopped at the
 # deadline; the JSON lines written so far come back.
 # Run from a copy of the repository on the GPU machine, with dm-haiku and jmp wheels
-# installed (see benchmarks/gpu_session.sh) and the data in DATA_DIR:
+# installed (see benchmarks/gpu_figures.sh) and the data in DATA_DIR:
 #   bash benchmarks/real_6370_sweep_gpu.sh DATA_DIR OUT DEADLINE_S [VARIANTS]
 set -uo pipefail
 DATA_DIR=$1 OUT=$2 DEADLINE=$3

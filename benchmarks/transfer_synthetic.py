@@ -37,7 +37,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from enformer_small import dream_data  # pylint: disable=g-import-not-at-top
 from enformer_small import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 from enformer_small import synthetic  # pylint: disable=g-import-not-at-top
-from experiments import train as train_lib  # pylint: disable=g-import-not-at-top
+from enformer_small import trainer  # pylint: disable=g-import-not-at-top
+from enformer_small.train_config import TrainConfig  # pylint: disable=g-import-not-at-top
 
 TARGETS = ('weights', 'profile')
 # Other weights: same signs, other strengths (activators and the repressor).
@@ -101,13 +102,13 @@ def sizes(args):
 
 
 def pretrain(args, size):
-  config = train_lib.TrainConfig(
+  config = TrainConfig(
       run_dir=os.path.join(args.out, 'pretrain'), synthetic_rows=size['pretrain_rows'],
       synthetic_dir=os.path.join(args.out, 'data'), num_holdout=2000 if not args.smoke
       else 300, batch_size=128, num_epochs=size['pretrain_epochs'],
       learning_rate=0.005, seed=0, **COMMON)
   started = time.time()
-  result = train_lib.train(config, overwrite=True, log_every_steps=0)
+  result = trainer.train(config, trainer.RunOptions(overwrite=True, log_every_steps=0))
   record(args, dict(phase='pretrain', best_pearson=result.best_pearson,
                     noise_ceiling=result.noise_ceiling, seconds=time.time() - started,
                     rows=size['pretrain_rows'], epochs=size['pretrain_epochs']))
@@ -123,13 +124,13 @@ def finetune(args, size, seed):
                            head_only_fraction=args.head_only_fraction),
           'scratch': dict(learning_rate=args.scratch_lr)}
   for arm, options in arms.items():
-    config = train_lib.TrainConfig(
+    config = TrainConfig(
         run_dir=os.path.join(args.out, f'{arm}_seed{seed}'), table_file=table,
         target_columns=TARGETS, sequence_length=dream_data.SEQUENCE_LENGTH,
         pad_sequences=True, num_holdout=size['holdout'], batch_size=64,
         num_epochs=size['finetune_epochs'], seed=seed, **COMMON, **options)
     started = time.time()
-    result = train_lib.train(config, overwrite=True, log_every_steps=0)
+    result = trainer.train(config, trainer.RunOptions(overwrite=True, log_every_steps=0))
     best = result.history[result.best_epoch - 1]['holdout']
     record(args, dict(phase=arm, seed=seed, best_epoch=result.best_epoch,
                       pearson={t: best['per_target'][t]['pearson'] for t in TARGETS},

@@ -1,37 +1,34 @@
 """Which bases drive a prediction: in-silico mutagenesis and gradient attributions.
 
-Every method works on a `Scorer`: an eval-mode function of one-hot batches
-`x [B, L, 4] -> [B, T]` (T outputs: the chosen heads' outputs, flattened) with its
-variables. In eval mode (BatchNorm moving averages, no dropout) a sequence's prediction
-does not depend on the other sequences of its batch, which is what lets mutants of many
-sequences share one batch.
+Positions are those of the sequence's encoding (`inference.Layout`: the 110 bp DREAM
+encoding, or a table's), whatever window or windows the model reads of it.
 
-- `ism`: the effect alt - ref of every single-base substitution, [N, L, 4, T], zero at
-  the reference base. A batch of mutants leaves the host as the unmutated sequences'
-  uint8 codes (a byte per base) and two index vectors (position, base); the device makes
-  the substitutions and the one-hot. Batches have a fixed size, so one compilation
-  serves any number of sequences.
+- `ism`: the effect alt - ref of every single-base substitution, [N, S, 4, T], zero at
+  the reference base and at positions no window reads. Every mutant is predicted by the
+  one inference path (`inference.Predictor`: the checkpoint's windows, shifts and
+  strands, averaged as `predict` averages them), so an effect is exactly the difference
+  of two predictions `predict` would make (to the rounding of other batch
+  compositions).
 - `gradient_x_input`: d output / d input times the input (the contribution score of
-  DeepMind's Enformer usage notebook), [N, L, 4, T], non-zero at the reference base only.
+  DeepMind's Enformer usage notebook), [N, S, 4, T], non-zero at the reference base only.
 - `integrated_gradients` (Sundararajan et al. 2017): the smoother variant; the path
   integral of the gradient from a baseline, times (x - baseline). Its sum over bases and
   positions equals f(x) - f(baseline) up to the Riemann error (completeness).
 
-Reverse-complement averaging is a property of the scorer
-(`reverse_complement_average=True`), so every method attributes the averaged model.
+The gradient methods differentiate a `Scorer`: an eval-mode function of one-hot batches
+`x [B, S, 4] -> [B, T]`. A checkpoint's (`Predictor.scorer`) averages the same windows
+and strands as its predictions, on the device, so attributions are of the averaged model.
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from enformer_small import metrics
-from enformer_small import model as model_lib
-from enformer_small.config import EnformerConfig
 
 Progress = Optional[Callable[[int], None]]
 PAD_CODE = 4
@@ -57,63 +54,6 @@ class Scorer:
 def reverse_complement(x: jax.Array) -> jax.Array:
   """[B, L, 4] one-hot (A, C, G, T) -> the other strand, read 5' to 3'."""
   return x[:, ::-1, ::-1]
-
-
-@functools.lru_cache(maxsize=None)
-def _enformer_apply(config: EnformerConfig, heads: Tuple[str, ...],
-                    reverse_complement_average: bool, fast_cpu: bool):
-  """One `apply` per (config, heads, averaging, fast_cpu), so jitted callers are
-  compiled once."""
-  model = model_lib.make_model(config, fast_cpu=fast_cpu)
-
-  def forward(variables, x):
-    params, state = variables
-    outputs, _ = model.apply(params, state, None, x, is_training=False)
-    # Predictions, as training evaluates them: a soft-bin head's expectation.
-    return jnp.concatenate(
-        [model_lib.head_predictions(config, outputs[h]).reshape(x.shape[0], -1)
-         for h in heads], axis=1)
-
-  def apply(variables, x):
-    x = x.astype(jnp.float32)
-    if not reverse_complement_average:
-      return forward(variables, x)
-    return 0.5 * (forward(variables, x) + forward(variables, reverse_complement(x)))
-  return apply
-
-
-def enformer_scorer(config: EnformerConfig, params, state,
-                    heads: Optional[Sequence[str]] = None,
-                    reverse_complement_average: bool = False,
-                    fast_cpu: bool = False) -> Scorer:
-  """A `Scorer` of an Enformer (any config) in eval mode.
-
-  Args:
-    config, params, state: the model, e.g. from `checkpoint.load_checkpoint`.
-    heads: heads to attribute (default: all, in config order); their outputs are
-      flattened and concatenated into the T outputs.
-    reverse_complement_average: attribute (f(x) + f(rc(x))) / 2.
-    fast_cpu: the model arranged for XLA:CPU (`fast_cpu.py`): the same function,
-      rounded otherwise (predictions and attributions agree to ~1e-6, not bit for bit).
-  """
-  heads = tuple(heads) if heads else tuple(name for name, _ in config.heads)
-  unknown = sorted(set(heads) - set(config.head_channels))
-  if unknown:
-    raise ValueError(f'unknown head(s) {unknown}; the model has '
-                     f'{[name for name, _ in config.heads]}')
-  apply = _enformer_apply(config, heads, bool(reverse_complement_average), bool(fast_cpu))
-  variables = (params, state)
-  dummy = jax.ShapeDtypeStruct((1, config.input_length, 4), jnp.float32)
-  outputs = model_lib.make_model(config).apply
-  shapes = jax.eval_shape(lambda v, x: {
-      h: model_lib.head_predictions(config, o)
-      for h, o in outputs(v[0], v[1], None, x, is_training=False)[0].items()},
-                          variables, dummy)
-  targets = []
-  for head in heads:
-    size = int(np.prod(shapes[head].shape[1:]))
-    targets += [head] if size == 1 else [f'{head}/{i}' for i in range(size)]
-  return Scorer(apply, variables, config.input_length, tuple(targets))
 
 
 # ---------------------------------------------------------------------------
@@ -143,30 +83,6 @@ def _check_length(scorer: Scorer, length: int) -> None:
     raise ValueError(f'inputs of {length} bp for a model of {scorer.input_length} bp')
 
 
-def _one_hot(codes: jax.Array) -> jax.Array:
-  return (codes[..., None] == jnp.arange(4, dtype=codes.dtype)).astype(jnp.float32)
-
-
-# ---------------------------------------------------------------------------
-# Forward passes of (mutated) sequences, in fixed-size batches.
-
-
-@functools.lru_cache(maxsize=None)
-def _mutant_forward(apply):
-  """jit((variables, rows uint8 [M, L], pos, base [M]) -> [M, T]).
-
-  Output m is the prediction of rows[m] with base[m] at position pos[m] (pos -1:
-  unmutated). The host sends codes (a byte per base); the substitution and the one-hot
-  happen on the device. Shapes depend on M and L only, so one compilation serves any
-  number of sequences.
-  """
-  def run(variables, rows, pos, base):
-    at = jnp.arange(rows.shape[1])[None, :] == pos[:, None]
-    rows = jnp.where(at, base[:, None].astype(rows.dtype), rows)
-    return apply(variables, _one_hot(rows))
-  return jax.jit(run)
-
-
 def _batch_size_for(total: int, batch_size: int) -> int:
   """batch_size, or the power of two >= total (min 8) when fewer rows are asked for:
   a lone sequence's 255 mutants need not pay for a batch of 1,024."""
@@ -175,114 +91,70 @@ def _batch_size_for(total: int, batch_size: int) -> int:
   return max(8, 1 << max(total - 1, 0).bit_length())
 
 
-def _run_batches(scorer: Scorer, codes: np.ndarray,
-                 batches: Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 batch_size: int
-                 ) -> Iterator[Tuple[Tuple[np.ndarray, ...], np.ndarray]]:
-  """((seq, pos, base), outputs [rows, T]) per batch of (seq, pos, base) indices.
-
-  A short batch is padded with copies of its first row to `batch_size` (one compiled
-  shape) and its outputs trimmed.
-  """
-  forward = _mutant_forward(scorer.apply)
-  for index in batches:
-    rows = index[0].shape[0]
-    pad = batch_size - rows
-    seq, pos, base = (np.concatenate([a, np.repeat(a[:1], pad)]) if pad else a
-                      for a in index)
-    out = forward(scorer.variables, codes[seq], pos.astype(np.int32),
-                  base.astype(np.int32))
-    yield index, np.asarray(out)[:rows]
-
-
-def predict_codes(scorer: Scorer, codes: np.ndarray, *, batch_size: int = 256,
-                  progress: Progress = None) -> np.ndarray:
-  """float32 [N, T]: eval-mode predictions of uint8 codes [N, L] (4 = N, a zero column)."""
-  codes = np.asarray(codes, np.uint8)
-  _check_length(scorer, codes.shape[1])
-  n = codes.shape[0]
-  size = _batch_size_for(n, batch_size)
-  seqs = np.arange(n)
-  batches = ((seqs[i:i + size], np.full(min(size, n - i), -1), np.zeros(min(size, n - i)))
-             for i in range(0, n, size))
-  out = np.zeros((n, len(scorer.targets)), np.float32)
-  for (seq, _, _), values in _run_batches(scorer, codes, batches, size):
-    out[seq] = values
-    if progress:
-      progress(seq.shape[0])
-  return out
-
-
-def predict(scorer: Scorer, x: np.ndarray, *, batch_size: int = 256,
-            progress: Progress = None) -> np.ndarray:
-  """float32 [N, T]: eval-mode predictions of one-hot x [N, L, 4]."""
-  return predict_codes(scorer, codes_of_one_hot(x), batch_size=batch_size,
-                       progress=progress)
-
-
 # ---------------------------------------------------------------------------
 # In-silico mutagenesis.
 
 
-def substitutions(codes: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Every single-base substitution of codes [N, L], as (seq, pos, base) int32 [M].
+def substitutions(codes: np.ndarray, positions: Optional[np.ndarray] = None
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Every single-base substitution of codes [N, S] at `positions` (default all), as
+  (seq, pos, base) int32 [M].
 
-  Ordered by sequence, position, base; 3 per position, 4 at an N (code 4), so
-  M = 3 N L + the number of Ns.
+  Ordered by sequence, position, base; 3 per position, 4 at an N (code 4).
   """
   codes = np.asarray(codes)
   n, length = codes.shape
-  base = np.broadcast_to(np.arange(4), (n, length, 4))
-  keep = base != codes[:, :, None]
-  seq, pos, alt = np.nonzero(keep)
-  return seq.astype(np.int32), pos.astype(np.int32), alt.astype(np.int32)
+  positions = np.arange(length) if positions is None else np.asarray(positions)
+  base = np.broadcast_to(np.arange(4), (n, len(positions), 4))
+  keep = base != codes[:, positions, None]
+  seq, index, alt = np.nonzero(keep)
+  return (seq.astype(np.int32), positions[index].astype(np.int32),
+          alt.astype(np.int32))
 
 
-def _substitution_batches(codes: np.ndarray, batch_size: int, block: int = 4096
-                          ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """`substitutions(codes)` in batches of batch_size, listed `block` sequences at a
-  time so that the index lists stay small however many sequences there are."""
-  carry = None
-  for lo in range(0, codes.shape[0], block):
-    seq, pos, base = substitutions(codes[lo:lo + block])
-    seq = seq + lo
-    if carry is not None:
-      seq, pos, base = (np.concatenate([c, a]) for c, a in zip(carry, (seq, pos, base)))
-    full = seq.shape[0] // batch_size * batch_size
-    for i in range(0, full, batch_size):
-      yield seq[i:i + batch_size], pos[i:i + batch_size], base[i:i + batch_size]
-    carry = (seq[full:], pos[full:], base[full:])
-  if carry is not None and carry[0].size:
-    yield carry
+def mutants(codes: np.ndarray, seq: np.ndarray, pos: np.ndarray,
+            base: np.ndarray) -> np.ndarray:
+  """uint8 [M, S]: codes[seq[m]] with base[m] at pos[m]."""
+  out = np.array(codes[seq], np.uint8)
+  out[np.arange(len(seq)), pos] = base
+  return out
 
 
-def ism(scorer: Scorer, x: np.ndarray, *, batch_size: int = 256,
+def ism(predictor, x: np.ndarray, *, batch_size: Optional[int] = None,
         progress: Progress = None) -> np.ndarray:
   """In-silico mutagenesis: the predicted effect of every single-base substitution.
 
   Args:
-    scorer: the model (eval mode).
-    x: one-hot [N, L, 4] at the model's input length; all-zero columns are N.
-    batch_size: mutants per forward pass (bounds memory: activations of one batch).
-    progress: called with the number of forward rows done after each batch
-      (N reference rows, then 3 N L + #N mutants).
+    predictor: an `inference.Predictor` (eval mode, its windows averaged).
+    x: one-hot [N, S, 4] of sequence encodings (S = predictor.layout.length); all-zero
+      columns are N.
+    batch_size: rows per forward pass (default the predictor's; it bounds memory).
+    progress: called with the number of rows done after each batch of each window
+      (N reference rows, then the mutants, once per window averaged).
 
   Returns:
-    float32 [N, L, 4, T]: prediction(x with base b at position l) - prediction(x); 0 at
-    the reference base.
+    float32 [N, S, 4, T]: prediction(x with base b at position s) - prediction(x); 0 at
+    the reference base and where no window reads.
   """
   codes = codes_of_one_hot(x)
-  _check_length(scorer, codes.shape[1])
+  if codes.shape[1] != predictor.layout.length:
+    raise ValueError(f'inputs of {codes.shape[1]} bp for a model reading '
+                     f'{predictor.layout.length} bp sequences')
   n, length = codes.shape
-  reference = predict_codes(scorer, codes, batch_size=batch_size, progress=progress)
-  effects = np.zeros((n, length, 4, len(scorer.targets)), np.float32)
-  total = 3 * n * length + int(np.count_nonzero(codes == PAD_CODE))
-  size = _batch_size_for(total, batch_size)
-  batches = _run_batches(scorer, codes, _substitution_batches(codes, size), size)
-  for (seq, pos, base), values in batches:
-    effects[seq, pos, base] = values - reference[seq]
-    if progress:
-      progress(seq.shape[0])
+  size = batch_size or predictor.batch_size
+  reference = predictor.predict_codes(codes, progress=progress,
+                                      batch_size=_batch_size_for(n, size))
+  positions = np.flatnonzero(predictor.covered())
+  effects = np.zeros((n, length, 4, len(predictor.targets)), np.float32)
+  # Blocks of sequences whose mutants fill ~32 batches: the index lists stay small and
+  # the padded last batch of each block costs little.
+  block = max(1, 32 * size // max(1, 3 * len(positions)))
+  for lo in range(0, n, block):
+    seq, pos, base = substitutions(codes[lo:lo + block], positions)
+    values = predictor.predict_codes(
+        mutants(codes[lo:lo + block], seq, pos, base), progress=progress,
+        batch_size=_batch_size_for(len(seq), size))
+    effects[lo + seq, pos, base] = values - reference[lo + seq]
   return effects
 
 

@@ -41,8 +41,8 @@ import jax
 import numpy as np
 
 from enformer_small import files
+from enformer_small import plasmid
 from enformer_small.config import EnformerConfig
-from enformer_small.dream_data import SEQUENCE_LENGTH
 
 FORMAT = 'enformer_small-checkpoint-v1'
 METADATA_KEY = '__metadata__'
@@ -60,21 +60,6 @@ class OptimizerMismatchError(CheckpointError):
   def __init__(self, path: str, message: str):
     super().__init__(f'{path}: {message}')
     self.path = path
-
-
-def default_crop_start(input_length: int,
-                       encoded_length: int = SEQUENCE_LENGTH) -> int:
-  """Where a model of `input_length` reads the 110 bp encoding when nothing says.
-
-  The seed cut X[:, 15:100]: of the 25 positions it left out, 15 (3/5) lie at the 5' end
-  and 10 (2/5) at the 3' end. Other lengths keep that 3:2 split:
-  start = (110 - L) * 3 // 5, so 85 -> 15 (the seed's window), 110 -> 0 (the whole
-  encoding), 100 -> 6, 90 -> 12. Checkpoints written by training record the start they
-  used in `extra['crop_start']`, which takes precedence (`Checkpoint.crop_start`).
-  """
-  if not 0 < input_length <= encoded_length:
-    raise ValueError(f'input_length must lie in 1..{encoded_length}, got {input_length}')
-  return (encoded_length - input_length) * 3 // 5
 
 
 def model_config_to_dict(config: EnformerConfig) -> Dict[str, Any]:
@@ -128,14 +113,16 @@ class Checkpoint:
 
   @property
   def crop_start(self) -> int:
-    """First position of the model's window in the 110 bp encoding.
+    """First position of the model's window in the 110 bp encoding: as recorded by
+    training, else the seed's 3:2 split (`plasmid.default_window_start`: 15 for 85 bp).
 
     With a plasmid context (`plasmid_context` > 0) it counts in the rows extended by
     that many plasmid bases on each side (`plasmid.add_context`).
     """
     if 'crop_start' in self.extra:
       return int(self.extra['crop_start'])
-    return default_crop_start(self.model_config.input_length)
+    return plasmid.default_window_start(self.model_config.input_length,
+                                        self.plasmid_context)
 
   @property
   def plasmid_context(self) -> int:

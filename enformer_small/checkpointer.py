@@ -35,7 +35,9 @@ for processes that save nothing, or that read another number of checkpoints.
 """
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,6 +49,8 @@ import jax
 import numpy as np
 
 from enformer_small import checkpoint as checkpoint_lib
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'
@@ -204,8 +208,11 @@ class Checkpointer:
           arrays=ocp.args.StandardSave(_nest(arrays)), meta=ocp.args.JsonSave(metadata)))
       self._manager.wait_until_finished()
     except (OSError, ValueError) as e:
+      full = isinstance(e, OSError) and e.errno == errno.ENOSPC
       raise checkpoint_lib.CheckpointError(
-          f'{path}: could not write the checkpoint: {e}') from e
+          f'{path}: could not write the checkpoint ({_first_line(e)}): '
+          + ('the disk is full; free space' if full else 'fix the cause')
+          + ', then --resume continues from the last checkpoint') from e
     if not saved:  # Orbax declines, without an error, a step not after its newest.
       raise checkpoint_lib.CheckpointError(
           f'{path}: not saved: {self.path(self.steps()[-1])} is of a later step')
@@ -345,3 +352,28 @@ def _alone():
 def _first_line(error: BaseException) -> str:
   text = str(error).strip()
   return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def load_any(path: str) -> checkpoint_lib.Checkpoint:
+  """The checkpoint a user names: an `.npz` file, a run directory (its best model,
+  `checkpoint_best.npz`, said in the log) or one of its `checkpoints/<step>` saves.
+
+  Raises:
+    CheckpointError: anything else, saying which path to give.
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    return checkpoint_lib.load_checkpoint(path)
+  best = checkpoint_lib.best_checkpoint_path(path)
+  if os.path.isfile(best):
+    log.info('%s is a run directory: using its best model, %s', path, best)
+    return checkpoint_lib.load_checkpoint(best)
+  if os.path.isdir(os.path.join(path, 'meta')) and os.path.isdir(os.path.join(path, 'arrays')):
+    return Checkpointer(os.path.dirname(os.path.dirname(os.path.abspath(path)))).read(
+        path).checkpoint
+  steps = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
+  hint = (f' (it holds saves: give one of them, e.g. {os.path.join(path, str(steps[0]))})'
+          if steps else '')
+  raise checkpoint_lib.CheckpointError(
+      f'{path} is a directory without {checkpoint_lib.BEST_NAME}{hint}; give a .npz '
+      'checkpoint, a run directory, or one of its checkpoints/<step> directories')

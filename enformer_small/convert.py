@@ -288,6 +288,28 @@ def convert_variables(variables: Mapping[str, np.ndarray], config: EnformerConfi
     raise ConversionError(
         f'input_length {config.input_length} is too short for this model: the trunk '
         f'needs at least {min_input_length(config)} bp')
+  root, by_key = _model_variables(variables)
+  param_shapes, state_shapes = model.param_shapes(config)
+  expected = {'params': param_shapes, 'state': state_shapes}
+  mapping = variable_mapping(config)
+  covered = {(m.collection, m.module, m.name) for m in mapping}
+  uncovered = [f'{c}: {mod}/{name}' for c, tree in expected.items()
+               for mod, entries in tree.items() for name in entries
+               if (c, mod, name) not in covered]
+  if uncovered:  # A model change the walk does not know about: a bug here.
+    raise TypeError('convert.variable_mapping leaves Haiku entries unfilled:'
+                    + _list(uncovered))
+  out, missing, mismatched = _fill(mapping, expected, by_key, root, config)
+  used = {m.sonnet_key for m in mapping}
+  unused = sorted(f'{root}{k} {list(np.shape(v))}' for k, v in by_key.items()
+                  if k not in used)
+  _check_fit(config, mismatched, missing, unused)
+  return out['params'], out['state']
+
+
+def _model_variables(variables: Mapping[str, np.ndarray]
+                     ) -> Tuple[str, Dict[str, np.ndarray]]:
+  """(the model's root, {key below the root: array}), bookkeeping left out."""
   names = [k for k in (_strip_suffix(k) for k in variables) if not _is_bookkeeping(k)]
   root = _model_root(names)
   by_key = {}
@@ -296,19 +318,11 @@ def convert_variables(variables: Mapping[str, np.ndarray], config: EnformerConfi
     if _is_bookkeeping(key) or not key.startswith(root):
       continue
     by_key[key[len(root):]] = value
+  return root, by_key
 
-  param_shapes, state_shapes = model.param_shapes(config)
-  expected = {'params': param_shapes, 'state': state_shapes}
-  mapping = variable_mapping(config)
 
-  covered = {(m.collection, m.module, m.name) for m in mapping}
-  uncovered = [f'{c}: {mod}/{name}' for c, tree in expected.items()
-               for mod, entries in tree.items() for name in entries
-               if (c, mod, name) not in covered]
-  if uncovered:  # A model change the walk does not know about: a bug here.
-    raise TypeError('convert.variable_mapping leaves Haiku entries unfilled:'
-                    + _list(uncovered))
-
+def _fill(mapping, expected, by_key, root: str, config: EnformerConfig):
+  """The Haiku trees filled from `by_key`, and the missing and misfit variables."""
   out: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {'params': {}, 'state': {}}
   missing, mismatched = [], []
   for m in mapping:
@@ -333,10 +347,10 @@ def convert_variables(variables: Mapping[str, np.ndarray], config: EnformerConfi
     # copy=False: no copy of arrays already of the right dtype.
     out[m.collection].setdefault(m.module, {})[m.name] = (
         value.reshape(target.shape).astype(target.dtype, copy=False))
+  return out, missing, mismatched
 
-  used = {m.sonnet_key for m in mapping}
-  unused = sorted(f'{root}{k} {list(np.shape(v))}' for k, v in by_key.items()
-                  if k not in used)
+
+def _check_fit(config: EnformerConfig, mismatched, missing, unused) -> None:
   problems = []
   if mismatched:
     problems.append(f'{len(mismatched)} variable(s) of the wrong shape:'
@@ -353,7 +367,6 @@ def convert_variables(variables: Mapping[str, np.ndarray], config: EnformerConfi
         f'{config.num_transformer_layers} transformer layers, heads '
         f'{dict(config.heads)}, input_length {config.input_length}): '
         + '\n'.join(problems))
-  return out['params'], out['state']
 
 
 def to_sonnet_variables(params: hk.Params, state: hk.State, config: EnformerConfig,

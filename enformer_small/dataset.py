@@ -4,18 +4,18 @@ Modelled on Haiku's `examples/imagenet/dataset.py`: this module is the only
 TensorFlow user of the training path; it hands numpy batches over with
 `tfds.as_numpy`, shaped [local_devices, per_device_batch, ...] for `jax.pmap`.
 
-Inputs are `DreamData`-like objects (`codes` uint8 [N, 110], `expression`
-float32 [N]) plus the row indices to use, e.g. from `dream_data.holdout_split`.
-From raw files: `dream_data.read_dream_file`; from TFDS:
-`tfds_dream.load_dream_data` / `tfds_dream.as_dream_data`.
+Inputs are `DreamData`-like objects (`codes` uint8 [N, W], `expression`
+float32 [N] or [N, T]) plus the row indices to use, e.g. from
+`dream_data.holdout_split`. From raw files: `dream_data.read_dream_file`; from
+TFDS: `tfds_dream.load_dream_data` / `tfds_dream.as_dream_data`.
 
 The window (the seed's): `codes[row, crop_start + s : crop_start + s +
 crop_length]` for a shift s in `config.shifts`, by default [15+s : 100+s] with s
 in {-1, 0, +1}. One-hot columns are A, C, G, T; code 4 (N / padding) is an
 all-zero column.
 
-Plasmid context (`with_plasmid_context`): rows extended on both sides with the
-real plasmid around the construct, so that windows may reach beyond the 110 bp.
+Rows may carry the real plasmid on each side of the construct
+(`train_data.with_plasmid_context`), so that windows reach beyond the 110 bp.
 
 Training order. Everything random in an epoch is drawn in numpy from
 `SeedSequence([seed, epoch])` (independent child streams for the permutation,
@@ -41,12 +41,8 @@ Resume. `train_batches(..., epoch=e, start_step=s)` yields exactly batches s, s+
 tf.data, nothing is skipped by iterating). `train_batches_repeated` does the
 same from a global step, running on over epochs.
 
-Evaluation. Rows in the order given (file order for sorted indices), at one
-shift (0 by default), each row exactly once over all processes; the last global
-batch is padded, never dropped: padded slots carry all-zero inputs, target 0,
-`mask` False and `index` -1. Every process yields the same number of batches
-(pmap collectives need it): a process whose slice lies wholly in the padding
-gets fully masked batches.
+Evaluation and prediction do not use this module: they cut their windows in
+numpy (`inference.predict_rows`, the one inference path).
 
 Speed. All work is per batch and vectorised (one gather of the batch's rows,
 one static slice per shift, one `tf.one_hot`); `tf.data` builds batches in
@@ -66,7 +62,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from enformer_small import plasmid
 from enformer_small.dream_data import PAD_CODE
 
 # The pipeline runs on the host. A TensorFlow built with GPU support would otherwise
@@ -144,26 +139,6 @@ class PipelineConfig:
     return len(self.shifts) if self.shift_mode == 'expand' else 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Rows:
-  """Codes and expression, the part of `DreamData` the pipeline reads."""
-  codes: np.ndarray
-  expression: Optional[np.ndarray]
-
-
-def with_plasmid_context(data: Any, context: int) -> Any:
-  """`data` with `context` plasmid bases on each side of every row.
-
-  Rows become [plasmid, construct, plasmid] (`plasmid.add_context`), 110 + 2 x
-  context codes long; window starts then count from the first plasmid base, so the
-  seed's window [15:100] is [context + 15 : context + 100]. context 0 returns `data`.
-  """
-  if context == 0:
-    return data
-  return Rows(codes=plasmid.add_context(data.codes, context),
-              expression=data.expression)
-
-
 # ---------------------------------------------------------------------------
 # Batch geometry.
 
@@ -227,11 +202,6 @@ def num_train_batches(num_rows: int, global_batch_size: int,
                       config: PipelineConfig = PipelineConfig()) -> int:
   """Global batches per training epoch (the incomplete last one is dropped)."""
   return num_rows * config.examples_per_row // global_batch_size
-
-
-def num_eval_batches(num_rows: int, global_batch_size: int) -> int:
-  """Batches per process in evaluation (the last one padded)."""
-  return -(-num_rows // global_batch_size)
 
 
 # ---------------------------------------------------------------------------
@@ -564,105 +534,3 @@ def train_batches_repeated(data: Any, indices: np.ndarray, *,
   batches = generate()
   return batches if num_steps is None else itertools.islice(batches,
                                                             num_steps)
-
-
-# ---------------------------------------------------------------------------
-# Evaluation and prediction.
-
-
-def _eval_dataset(codes: np.ndarray, expression: Optional[np.ndarray],
-                  indices: Optional[np.ndarray], *, global_batch_size: int,
-                  local_device_count: int, process_index: int,
-                  process_count: int, config: PipelineConfig, shift: int,
-                  reverse_complement: bool) -> tf.data.Dataset:
-  _check_geometry(global_batch_size, local_device_count, process_index,
-                  process_count)
-  codes = _check_codes(codes)
-  _check_window(config, (shift,), codes.shape[1])
-  if indices is None:
-    indices = np.arange(codes.shape[0], dtype=np.int64)
-  indices = _check_indices(indices, codes.shape[0])
-
-  # Pad to whole global batches with row -1, then take this process's columns
-  # of every global batch: all processes get the same number of batches.
-  num_batches = num_eval_batches(len(indices), global_batch_size)
-  padded = np.full(num_batches * global_batch_size, -1, np.int64)
-  padded[:len(indices)] = indices
-  local = global_batch_size // process_count
-  rows = np.ascontiguousarray(padded.reshape(num_batches, global_batch_size)[
-      :, process_index * local:(process_index + 1) * local])
-
-  encoder = _WindowEncoder(codes, expression, config, (shift,),
-                           local_device_count)
-
-  def make_batch(rows):
-    valid = rows >= 0
-    safe_rows = tf.maximum(rows, 0)
-    reverse = (tf.fill(tf.shape(rows), True) if reverse_complement else None)
-    window = encoder.windows(safe_rows, None, reverse)
-    window = tf.where(valid[:, None], window, tf.constant(PAD_CODE, tf.uint8))
-    batch = dict(inputs=encoder.per_device(encoder.one_hot(window)),
-                 mask=encoder.per_device(valid),
-                 index=encoder.per_device(rows))
-    if encoder.expression is not None:
-      targets = tf.where(valid[:, None], encoder.targets(safe_rows), 0.)
-      batch['targets'] = encoder.per_device(targets)
-    return batch
-
-  ds = tf.data.Dataset.from_tensor_slices(rows)
-  ds = ds.map(make_batch, num_parallel_calls=_parallel_calls(config),
-              deterministic=True)
-  return _finish(ds, config)
-
-
-def eval_batches(data: Any, indices: Optional[np.ndarray] = None, *,
-                 global_batch_size: int, local_device_count: int,
-                 process_index: int = 0, process_count: int = 1,
-                 config: PipelineConfig = PipelineConfig(), shift: int = 0,
-                 reverse_complement: bool = False) -> Iterator[Batch]:
-  """Every given row exactly once (over all processes), in order, padded.
-
-  Global batch b holds rows indices[b*G:(b+1)*G] (the last one padded with
-  masked slots); this process gets columns [p*G/P, (p+1)*G/P) of it, split over
-  its devices in order. Averaging predictions over shifts or strands
-  (test-time augmentation) = one pass per (shift, reverse_complement).
-
-  Args:
-    data: `DreamData` (codes uint8 [N, L], expression float32 [N]).
-    indices: int [n] rows in the order to score; None = all rows in file order.
-    global_batch_size, local_device_count, process_index, process_count: as
-      in `train_batches` (G divisible by P * D).
-    config: crop_start, crop_length, one_hot_dtype, prefetch (shifts and
-      augmentation settings are not used).
-    shift: window shift (0: the window [crop_start, crop_start + crop_length)).
-    reverse_complement: score the reverse complement of every window.
-  Yields:
-    num_eval_batches(n, G) dicts (the same count on every process):
-    `inputs` [D, B, crop_length, 4] (zeros where padded), `targets` float32
-    [D, B, 1] (0 where padded), `mask` bool [D, B] (False where padded),
-    `index` int64 [D, B] (row index into data, -1 where padded); B = G/(P*D).
-  """
-  ds = _eval_dataset(
-      data.codes, data.expression, indices,
-      global_batch_size=global_batch_size,
-      local_device_count=local_device_count, process_index=process_index,
-      process_count=process_count, config=config, shift=shift,
-      reverse_complement=reverse_complement)
-  return iter(tfds.as_numpy(ds))
-
-
-def predict_batches(codes: np.ndarray, indices: Optional[np.ndarray] = None,
-                    *, global_batch_size: int, local_device_count: int,
-                    process_index: int = 0, process_count: int = 1,
-                    config: PipelineConfig = PipelineConfig(), shift: int = 0,
-                    reverse_complement: bool = False) -> Iterator[Batch]:
-  """As `eval_batches` for codes without targets (uint8 [N, L]).
-
-  Yields dicts with `inputs`, `mask` and `index` (no `targets`).
-  """
-  ds = _eval_dataset(
-      codes, None, indices, global_batch_size=global_batch_size,
-      local_device_count=local_device_count, process_index=process_index,
-      process_count=process_count, config=config, shift=shift,
-      reverse_complement=reverse_complement)
-  return iter(tfds.as_numpy(ds))

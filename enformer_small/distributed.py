@@ -52,11 +52,18 @@ gloo over TCP (`cpu_collectives`).
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
-from typing import Mapping, Optional, Tuple
+import zlib
+from typing import Any, Mapping, Optional, Tuple
 
 import jax
+import numpy as np
+
+from enformer_small.settings import setting
+
+log = logging.getLogger(__name__)
 
 CPU_COLLECTIVES = ('gloo', 'mpi')
 
@@ -87,10 +94,14 @@ class DistributedConfig:
     shutdown_timeout: seconds an exiting process waits at the exit barrier for
       the others before the job is ended.
   """
-  coordinator_address: Optional[str] = None
-  num_processes: Optional[int] = None
-  process_id: Optional[int] = None
-  local_device_ids: Optional[Tuple[int, ...]] = None
+  coordinator_address: Optional[str] = setting(
+      None, 'Multi-process: host:port of process 0, the same for every process.')
+  num_processes: Optional[int] = setting(None, 'Multi-process: number of processes.')
+  process_id: Optional[int] = setting(
+      None, 'Multi-process: this process, 0..num_processes-1 (0 writes the files).')
+  local_device_ids: Optional[Tuple[int, ...]] = setting(
+      None, 'GPUs this process drives, e.g. 0,1,2,3,4,5,6,7 (default: all; under '
+      'SLURM, JAX gives each task one GPU).')
   cpu_collectives: Optional[str] = 'gloo'
   initialization_timeout: int = 300
   heartbeat_timeout: int = 30
@@ -200,7 +211,7 @@ def initialize(config: DistributedConfig = DistributedConfig()) -> Optional[str]
   if config.cpu_collectives is not None:
     jax.config.update('jax_cpu_collectives_implementation', config.cpu_collectives)
   how = 'explicit' if config.is_explicit else cluster
-  logging.info('joining a multi-process JAX job (%s settings; coordinator %s); waiting '
+  log.info('joining a multi-process JAX job (%s settings; coordinator %s); waiting '
                'up to %d s for every process', how, coordinator or 'from the environment',
                config.initialization_timeout)
   try:
@@ -237,3 +248,54 @@ def process_label() -> str:
     return f'[process {state.process_id} of {state.num_processes}] '
   except (ImportError, AttributeError):
     return '[one process of several] '
+
+
+# ---------------------------------------------------------------------------
+# Collectives of a run (no-ops in a single process).
+
+
+def gather_batches(x: np.ndarray, per_target: bool = False) -> np.ndarray:
+  """This process's [batches, B] slices of global batches -> [batches * G] over all.
+
+  Process p holds columns [p*B, (p+1)*B) of each global batch (dataset.py), so the
+  result is in the order a single process would see. per_target: a last axis of
+  targets rides along ([batches, B, T] -> [batches * G, T]).
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    x = np.swapaxes(np.asarray(multihost_utils.process_allgather(x)), 0, 1)
+  return x.reshape((-1,) + (x.shape[-1:] if per_target else ()))
+
+
+def local_part(gathered: np.ndarray, steps: int) -> list:
+  """This process's part of each step of `gather_batches`' result, per step."""
+  per_step = gathered.reshape((steps, jax.process_count(), -1) + gathered.shape[1:])
+  return list(per_step[:, jax.process_index()])
+
+
+def fingerprint(value: Any) -> int:
+  """A JSON-serialisable value as an int32-range checksum (for `check_agree`)."""
+  return zlib.crc32(json.dumps(value, sort_keys=True).encode()) & 0x7fffffff
+
+
+def disagreements(**values: int) -> list:
+  """The names (with each process's value) on which the processes disagree.
+
+  Every process must call it with the same names (int32-range values).
+  """
+  if jax.process_count() == 1:
+    return []
+  from jax.experimental import multihost_utils
+  names = sorted(values)
+  table = np.asarray(multihost_utils.process_allgather(
+      np.array([values[name] for name in names], np.int32)))  # [processes, names]
+  return [f'{name} ({", ".join(f"process {p}: {v}" for p, v in enumerate(table[:, i]))})'
+          for i, name in enumerate(names) if np.any(table[:, i] != table[0, i])]
+
+
+def broadcast_flag(value: bool) -> bool:
+  """Process 0's `value` on every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return bool(value)
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))

@@ -363,6 +363,8 @@ class _Layout:
   values_optional: bool = False
   allow_header: bool = False
   columns: int = 2
+  # Values are kept in this dtype: one that overflows it (1e39 in float32) is refused.
+  value_dtype: type = np.float32
 
   def expected(self) -> str:
     return _EXPECTED_LINE if self.columns == 2 else "'sequence'"
@@ -458,6 +460,10 @@ def _describe_expression(expression: bytes, layout: _Layout) -> str:
   if not np.isfinite(value):
     return (f'expression {_snippet(expression)} is not finite; expected a '
             'finite number')
+  if abs(value) > np.finfo(layout.value_dtype).max:
+    return (f'expression {_snippet(expression)} overflows '
+            f'{np.dtype(layout.value_dtype).name}, the type values are kept in; expected '
+            f'a number below {np.finfo(layout.value_dtype).max:.3g} in magnitude')
   if value < 0 and not layout.allow_negative:
     return _negative_message(expression.decode('latin-1'))
   return ''
@@ -571,6 +577,7 @@ def _parse_row_chunk(path, buf, line_starts, tabs, line_ends, first_line,
     expression_lengths = line_ends - tabs - 1
     expression = _parse_expressions(buf, tabs + 1, expression_lengths)
     bad |= (expression_lengths == 0) | ~np.isfinite(expression)
+    bad |= np.abs(expression) > np.finfo(layout.value_dtype).max
     if not layout.allow_negative:
       bad |= expression < 0
   bad_rows = np.flatnonzero(bad)
@@ -641,6 +648,7 @@ def _data_text(path: str, buf: np.ndarray,
 def _parse_buffer(path: str, buf: np.ndarray, layout: _Layout,
                   value_dtype=np.float32) -> _Parsed:
   """Parses a whole file's bytes (the one parser of every caller)."""
+  layout = dataclasses.replace(layout, value_dtype=value_dtype)
   buf, first_line, skipped = _data_text(path, buf, layout)
   line_starts, line_ends = _line_bounds(buf)
   num_lines = line_starts.shape[0]

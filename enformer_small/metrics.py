@@ -173,3 +173,19 @@ def regression_metrics(pred: Any, target: Any) -> dict[str, float]:
       'pearson': pearson,
       'spearman': spearman,
   }
+
+
+def by_target(pred: Any, target: Any, names, summarise) -> dict:
+  """`summarise(pred, target)` (a dict of numbers) of one target ([N] or [N, 1]); of
+  several ([N, T], `names` T long), the mean over targets of each value (an 'n' kept as
+  it is) and each target's own under 'per_target'."""
+  pred, target = np.asarray(pred), np.asarray(target)
+  if pred.ndim == 1 or pred.shape[1] == 1:
+    return summarise(pred.reshape(-1), target.reshape(-1))
+  per_target = {name: summarise(pred[:, i], target[:, i]) for i, name in enumerate(names)}
+  first = next(iter(per_target.values()))
+  out = {key: float(np.mean([m[key] for m in per_target.values()]))
+         for key in first if key != 'n'}
+  if 'n' in first:
+    out['n'] = first['n']
+  return dict(out, per_target=per_target)

@@ -3,7 +3,7 @@
 Every challenge sequence is a 110 bp construct: the constant 5' flank TGCATTTTTTTCACATC
 (17 bp), the random 80 bp insert and the constant 3' flank GGTTACGGCTGTT (13 bp), cut
 out of an 8,294 nt plasmid whose 80 N of the insert start at offset 3648
-(`../shared/data/dream/plasmid.json` in this workplace; tests check these constants
+(`../shared/data/dream/plasmid.json`, kept beside the repository; tests check these constants
 against it when it is there). In the cell the construct is read within that plasmid,
 so the bases beyond the flanks are real context, the same for every sequence: the
 challenge winner (LegNet) filled its 150 bp inputs with them. `add_context` puts
@@ -61,9 +61,11 @@ def add_context(codes: np.ndarray, context: int) -> np.ndarray:
 def default_window_start(input_length: int, context: int = 0) -> int:
   """Where a window of `input_length` starts in rows with `context` on each side.
 
-  The seed's 3:2 split of the left-out positions (`checkpoint.default_crop_start`),
-  continued past 110 bp: start = context + (110 - L) * 3 // 5 (floor), so 85 bp reads
-  [15:100] of the construct and 150 bp starts 24 bp into the 5' context.
+  The seed cut X[:, 15:100]: of the 25 positions it left out, 15 (3/5) lie at the 5' end
+  and 10 (2/5) at the 3' end. Other lengths keep that 3:2 split, continued past 110 bp:
+  start = context + (110 - L) * 3 // 5 (floor), so 85 bp reads [15:100] of the
+  construct, 110 bp all of it, 100 bp [6:106], and 150 bp starts 24 bp into the 5'
+  context. Checkpoints record the start their training used (`Checkpoint.crop_start`).
   """
   start = context + (SEQUENCE_LENGTH - input_length) * 3 // 5
   if input_length <= 0 or start < 0 or start + input_length > SEQUENCE_LENGTH + 2 * context:

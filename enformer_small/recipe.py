@@ -25,7 +25,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from enformer_small import model as model_lib
+from enformer_small import plasmid
+from enformer_small import settings
 from enformer_small import window_average
+from enformer_small.settings import setting
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine', 'one_cycle')
@@ -42,88 +46,83 @@ DECAYED_PARAM_NAME = 'w'
 class Recipe:
   """How a model is trained, apart from the model, the data and the batch geometry.
 
-  Attributes:
-    optimizer: 'sgd' (with momentum; the seed's), 'adam' or 'adamw'.
-    learning_rate: the constant rate, or the peak of a schedule.
-    momentum: SGD momentum.
-    b1, b2, eps: Adam / AdamW moment decays and epsilon.
-    weight_decay: AdamW's decoupled weight decay (scaled by the learning rate, as in
-      PyTorch's AdamW), applied to weight matrices only (`decay_mask`).
-    clip_global_norm: clip the gradient to this global norm first; 0: no clipping.
-    schedule: 'constant' (the seed's), 'warmup_cosine' (linear warmup from 0 over
-      `warmup_fraction` of the steps, then cosine decay to `end_lr_fraction` x peak)
-      or 'one_cycle' (cosine up from peak / `one_cycle_div_factor` over
-      `one_cycle_pct_start` of the steps, then cosine down to that start value /
-      `one_cycle_final_div_factor`: PyTorch's OneCycleLR, as LegNet used it).
-    ema_decay: Polyak averaging of the parameters after every step,
-      ema <- decay * ema + (1 - decay) * params, starting from the initial parameters;
-      0: off. When on, the average is what is evaluated, selected and checkpointed.
-    reverse_complement: training augmentation: each example reverse-complemented with
-      probability 1/2.
-    eval_reverse_complement: evaluation and prediction average each prediction with
-      that of the reverse-complemented window.
-    eval_shifts: evaluation and prediction average the predictions of the window at
-      each of these shifts (bp, distinct; with `eval_reverse_complement` both strands
-      of each), cut from the rows the training windows come from, so for DREAM rows
-      the plasmid context must cover them (`window_average`); empty: the unshifted
-      window only (the seed's).
-    plasmid_context: bases of the real plasmid added on each side of the 110 bp
-      construct (`plasmid.py`), so that windows may be longer than 110 bp or shifted
-      further; 0: none (the seed's).
-    bn_recalibration_batches: before each evaluation, re-estimate the BatchNorm
-      averages as the mean of the batch statistics of this many training batches in
-      training mode without dropout (the averages collected under dropout do not fit
-      eval mode); 0: off.
-    early_stopping_patience: stop when this many epochs in a row have not improved
-      the best held-out Pearson; 0: never.
-    loss: 'poisson' (Keras' Poisson loss; the seed's), 'mse' or 'soft_bin' (LegNet's
-      soft-bin targets with a KL loss; needs the soft-bin head,
-      `EnformerConfig.with_soft_bin_head`).
-    soft_bin_sigma: standard deviation of the soft-bin target distribution.
-    freeze: parts of the model that never change (`model.is_frozen` paths below the
-      root, e.g. 'trunk', 'trunk/~/stem'): their parameters get zero updates
-      (`optax.multi_transform`) and their BatchNorms run in eval mode.
-    head_learning_rate: the heads' own learning rate (peak, with a schedule); 0: the
-      trunk's.
-    head_only_fraction: two-phase fine-tuning: over this share of the steps only the
-      heads move (the trunk's updates are zero), then everything does.
+  Each field is a setting (its help is the flag's). Beyond the help: a 'one_cycle'
+  schedule rises as a cosine from peak / one_cycle_div_factor to the peak over
+  one_cycle_pct_start of the steps, then falls as a cosine to that start /
+  one_cycle_final_div_factor (PyTorch's OneCycleLR, as LegNet used it); AdamW's decay is
+  scaled by the learning rate (PyTorch's convention) and masked by `decay_mask`; the EMA
+  is ema <- decay * ema + (1 - decay) * params from the initial parameters; BatchNorm
+  recalibration takes the mean of the batch statistics (the averages collected under
+  dropout do not fit eval mode); frozen parts get zero updates
+  (`optax.multi_transform`).
   """
-  optimizer: str = 'sgd'
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  weight_decay: float = 0.0
-  clip_global_norm: float = 0.0
-  schedule: str = 'constant'
-  warmup_fraction: float = 0.1
-  end_lr_fraction: float = 0.0
-  one_cycle_pct_start: float = 0.3
-  one_cycle_div_factor: float = 25.0
-  one_cycle_final_div_factor: float = 1e4
-  ema_decay: float = 0.0
-  reverse_complement: bool = False
-  eval_reverse_complement: bool = False
-  eval_shifts: Tuple[int, ...] = ()
-  plasmid_context: int = 0
-  bn_recalibration_batches: int = 0
-  early_stopping_patience: int = 0
-  loss: str = 'poisson'
-  soft_bin_sigma: float = 0.5
-  freeze: Tuple[str, ...] = ()
-  head_learning_rate: float = 0.0
-  head_only_fraction: float = 0.0
+  optimizer: str = setting(
+      'sgd', "sgd (with --momentum; the seed's), adam or adamw.", choices=OPTIMIZERS)
+  learning_rate: float = setting(0.01, 'Learning rate; with a --schedule, its peak.')
+  momentum: float = setting(0.9, 'SGD momentum.')
+  b1: float = setting(0.9, 'Adam / AdamW first-moment decay.')
+  b2: float = setting(0.999, 'Adam / AdamW second-moment decay.')
+  eps: float = setting(1e-8, 'Adam / AdamW epsilon.')
+  weight_decay: float = setting(
+      0.0, 'AdamW decoupled weight decay, on weight matrices only (not on biases or '
+      'BatchNorm / LayerNorm scales and offsets).')
+  clip_global_norm: float = setting(
+      0.0, 'Clip gradients to this global norm; 0: no clipping.')
+  schedule: str = setting(
+      'constant', "Learning rate over the --num_epochs of the run: constant (the "
+      "seed's), warmup_cosine (linear warmup, cosine decay) or one_cycle (PyTorch's "
+      'OneCycleLR, cosine).', choices=SCHEDULES)
+  warmup_fraction: float = setting(
+      0.1, 'warmup_cosine: share of the steps spent warming up from 0.')
+  end_lr_fraction: float = setting(
+      0.0, 'warmup_cosine: final learning rate as a fraction of the peak.')
+  one_cycle_pct_start: float = setting(
+      0.3, 'one_cycle: share of the steps spent rising to the peak.')
+  one_cycle_div_factor: float = setting(
+      25.0, 'one_cycle: the start is the peak divided by this.')
+  one_cycle_final_div_factor: float = setting(
+      1e4, 'one_cycle: the end is the start divided by this.')
+  ema_decay: float = setting(
+      0.0, 'Polyak (EMA) averaging of the parameters after every step, used for '
+      'evaluation, the best epoch and checkpoints; 0: off.')
+  reverse_complement: bool = setting(
+      False, 'Training: reverse-complement each example with probability 1/2.')
+  eval_reverse_complement: bool = setting(
+      False, 'Evaluation (and every command that predicts with the checkpoint, by '
+      'default): average the predictions for both strands.')
+  eval_shifts: Tuple[int, ...] = setting(
+      (), 'Evaluation (and every command that predicts with the checkpoint, by '
+      'default): average the predictions of the windows at these shifts (bp, e.g. '
+      '-10,-5,0,5,10; both strands of each with --eval_reverse_complement), which must '
+      'stay within the rows (--plasmid_context); none: the unshifted window.')
+  plasmid_context: int = setting(
+      0, 'Bases of the real plasmid added on each side of the 110 bp construct '
+      f'(0..{plasmid.MAX_CONTEXT}), for longer --input_length or wider --shifts; 0: '
+      'none.')
+  bn_recalibration_batches: int = setting(
+      0, 'Before each evaluation, re-estimate the BatchNorm averages on this many '
+      'training batches in training mode without dropout; 0: off.')
+  early_stopping_patience: int = setting(
+      0, 'Stop after this many epochs without a better held-out Pearson; 0: never.')
+  loss: str = setting(
+      'poisson', "poisson (Keras'; the seed's), mse, or soft_bin (LegNet's soft-bin "
+      'targets over 18 bins with a KL loss; the model gets an 18-bin head and predicts '
+      'the expectation).', choices=LOSSES)
+  soft_bin_sigma: float = setting(
+      0.5, 'soft_bin: standard deviation of the target distribution.')
+  freeze: Tuple[str, ...] = setting(
+      (), 'Parts that never change, as paths below enformer/~/: trunk, trunk/~/stem, '
+      'trunk/~/conv_tower, trunk/~/transformer, ...; their BatchNorms run in eval mode.')
+  head_learning_rate: float = setting(
+      0.0, "The heads' own learning rate (peak); 0: --learning_rate.")
+  head_only_fraction: float = setting(
+      0.0, 'Two-phase fine-tuning: only the heads train over this share of the steps, '
+      'then everything.')
 
   def __post_init__(self):
     object.__setattr__(self, 'freeze', tuple(self.freeze))
-    object.__setattr__(self, 'eval_shifts',
-                       window_average.normalise_shifts(self.eval_shifts))
-    for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES),
-                          ('loss', LOSSES)):
-      if getattr(self, name) not in allowed:
-        raise ValueError(f'{name} must be one of {", ".join(allowed)}; got '
-                         f'{getattr(self, name)!r}')
+    object.__setattr__(self, 'eval_shifts', window_average.normalise_shifts(self.eval_shifts))
+    settings.check_choices(self)
     if self.weight_decay and self.optimizer != 'adamw':
       raise ValueError(f'weight_decay ({self.weight_decay}) needs optimizer adamw '
                        f'(decoupled decay); got {self.optimizer!r}')
@@ -226,8 +225,7 @@ FROZEN, HEAD, TRUNK = 'frozen', 'head', 'trunk'
 
 def parameter_group(module: str, freeze: Sequence[str]) -> str:
   """FROZEN, HEAD or TRUNK (everything else) for a Haiku module name."""
-  from enformer_small import model  # model imports this module.
-  if model.is_frozen(module, tuple(freeze)):
+  if model_lib.is_frozen(module, tuple(freeze)):
     return FROZEN
   return HEAD if module.startswith(HEAD_PREFIX) else TRUNK
 
@@ -320,13 +318,6 @@ def soft_bin_loss(logits: jnp.ndarray, targets: jnp.ndarray,
   log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   kl = jax.scipy.special.xlogy(p, p) - p * log_q
   return jnp.sum(kl) / logits.shape[0]
-
-
-def soft_bin_expectation(logits: jnp.ndarray) -> jnp.ndarray:
-  """[..., num_bins] logits -> [..., 1]: sum_k k * softmax_k (bins 0..num_bins-1)."""
-  bins = jnp.arange(logits.shape[-1], dtype=jnp.float32)
-  probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.sum(probabilities * bins, axis=-1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------

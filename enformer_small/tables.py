@@ -134,8 +134,13 @@ def _header(path: str, line: bytes, spec: TableSpec,
   column's index alone.
   """
   separator = b'\t' if b'\t' in line else b','
+  line = line.removeprefix(b'\xef\xbb\xbf')  # A UTF-8 byte order mark (Excel writes one).
   names = [f.strip().decode('latin-1') for f in line.split(separator)]
   wanted = (spec.sequence_column,) + spec.target_columns
+  twice = sorted({name for name in names if names.count(name) > 1 and name in wanted})
+  if twice:
+    raise _fail(path, 1, f'column(s) {", ".join(map(repr, twice))} named twice in the '
+                'header: which one is meant is ambiguous; rename one')
   if targets_optional and not set(spec.target_columns) & set(names):
     wanted = wanted[:1]
   missing = [name for name in wanted if name not in names]
@@ -196,12 +201,18 @@ def _parse_targets(path: str, column: Sequence[bytes], name: str) -> np.ndarray:
   except ValueError:
     values = np.array([_parse_number(t) if t else None for t in column],
                       dtype=np.float64)
-  bad = np.flatnonzero(~np.isfinite(values))
+  # Targets are kept in float32: a value beyond its range is refused here.
+  bad = np.flatnonzero(~(np.abs(values) <= np.finfo(np.float32).max))
   if bad.size:
     row = int(bad[0])
     shown = column[row].decode('latin-1')
-    raise _fail(path, row + 2, f'target {name!r} is {shown!r}; expected a finite number'
-                if shown else f'missing target {name!r}; expected a number')
+    if not shown:
+      raise _fail(path, row + 2, f'missing target {name!r}; expected a number')
+    if np.isfinite(values[row]):
+      raise _fail(path, row + 2, f'target {name!r} is {shown!r}, which overflows float32 '
+                  '(the type targets are kept in); expected a number below 3.4e+38 in '
+                  'magnitude')
+    raise _fail(path, row + 2, f'target {name!r} is {shown!r}; expected a finite number')
   return values
 
 

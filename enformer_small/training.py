@@ -8,23 +8,20 @@ of every process.
 """
 
 import collections
-import contextlib
 import dataclasses
 import itertools
-from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import jmp
 import numpy as np
 import optax
 
-from enformer_small import enformer
 from enformer_small import recipe as recipe_lib
 from enformer_small.config import EnformerConfig
 from enformer_small import model as model_lib
-from enformer_small.model import make_model
+from enformer_small.model import make_model, mixed_precision
 
 AXIS_NAME = 'devices'
 # Keras' Poisson loss adds this inside the log.
@@ -66,30 +63,6 @@ def init_train_state(model_config: EnformerConfig,
                       rng=train_rng, step=jnp.zeros((), jnp.int32))
   # Jitted: op-by-op initialisation of the ~70 modules takes tens of seconds on CPU.
   return init(rng)
-
-
-@contextlib.contextmanager
-def mixed_precision(compute_dtype: Any) -> Iterator[None]:
-  """Within: float32 params, `compute_dtype` activations (GPU/TPU mixed precision).
-
-  BatchNorm and LayerNorm keep float32 (their statistics lose too much in bfloat16).
-  Haiku's policies are global, keyed by module class, so they are pushed only while a
-  step is traced: steps of different dtypes built in one process (and any `init` or
-  `predict_fn` between them) never see each other's policy.
-  """
-  compute = jnp.dtype(compute_dtype)
-  if compute == jnp.float32:
-    yield
-    return
-  policy = jmp.Policy(param_dtype=jnp.float32, compute_dtype=compute,
-                      output_dtype=jnp.float32)
-  # Normalise in float32, hand `compute` on to the next layer (as Haiku's ImageNet
-  # example does): a float32 output would meet bfloat16 weights in the next conv.
-  full = jmp.get_policy('float32').with_output_dtype(compute)
-  with hk.mixed_precision.push_policy(enformer.Enformer, policy), \
-      hk.mixed_precision.push_policy(hk.BatchNorm, full), \
-      hk.mixed_precision.push_policy(hk.LayerNorm, full):
-    yield
 
 
 def _regression_metrics(predictions, targets, loss):
@@ -189,28 +162,20 @@ def _objective(model_config: EnformerConfig, loss: str, soft_bin_sigma: float):
 
 def make_eval_step(model_config: EnformerConfig,
                    *,
-                   head: str = 'yeast',
+                   heads: Optional[Sequence[str]] = None,
                    axis_name: str = AXIS_NAME,
                    compute_dtype: Any = jnp.float32,
                    fast_cpu: bool = False
                    ) -> Callable[[hk.Params, hk.State, jnp.ndarray], jnp.ndarray]:
-  """A pmapped `eval_step(params, state, inputs [D, B, L, 4]) -> predictions [D, B]`.
+  """A pmapped `eval_step(params, state, inputs [D, B, L, 4]) -> predictions [D, B, T]`.
 
-  Eval mode: BatchNorm uses its moving averages, dropout is off. With several outputs
-  (`model.num_outputs`) the predictions are [D, B, T]. fast_cpu: as in `make_train_step`.
+  Eval mode (BatchNorm moving averages, no dropout): `model.predictions_fn` of the
+  `heads` (default: all), over the local devices. fast_cpu: as in `make_train_step`.
   """
-  model = make_model(model_config, fast_cpu=fast_cpu)
-  single = model_lib.num_outputs(model_config, head) == 1
-
-  def eval_step(params, state, inputs):
-    with mixed_precision(compute_dtype):
-      outputs, _ = model.apply(params, state, None, inputs.astype(compute_dtype),
-                               is_training=False)
-    predictions = model_lib.head_predictions(model_config,
-                                             outputs[head].astype(jnp.float32))
-    return predictions[..., 0] if single else predictions
-
-  return jax.pmap(eval_step, axis_name=axis_name)
+  predictions = model_lib.predictions_fn(
+      model_config, model_lib.head_names(model_config, heads),
+      jnp.dtype(compute_dtype).name, bool(fast_cpu))
+  return jax.pmap(predictions, axis_name=axis_name)
 
 
 def make_batch_stats_step(model_config: EnformerConfig,

@@ -1,11 +1,10 @@
 """Predicted effects of sequence edits: pairs of sequences and tables of edits.
 
-An effect is prediction(alt) - prediction(ref) of an eval-mode `attribution.Scorer`
-(reverse-complement averaging is a property of the scorer). Sequences are encoded as
-the model was trained: the DREAM 110 bp encoding (A/C/G/T any case -> 0..3, any other
-letter an N column, the end truncated or padded with N to 110 bp) and then the model's
-window [start, start + L) of it (`Window`, from the checkpoint). Each distinct window is
-predicted once, however many pairs share it (e.g. the SNVs of one reference).
+An effect is prediction(alt) - prediction(ref), both predicted by the one inference
+path (`inference.Predictor`: the checkpoint's encoding, plasmid context, windows, shifts
+and strands), so `ref_prediction` is what `experiments.predict` writes for the ref
+sequence. Each distinct encoded sequence is predicted once, however many pairs share it
+(e.g. the SNVs of one reference).
 
 Inputs (plain or gzip, tab-separated, no quoting; lines starting with '#' and a first
 line naming the columns are skipped; every other line must parse, and a bad one is an
@@ -27,41 +26,25 @@ file format. A VCF whose CHROM names a sequence converts to the edits table with
 
 import dataclasses
 import os
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from enformer_small import attribution
 from enformer_small import dream_data
+from enformer_small import ensemble as ensemble_lib
 from enformer_small import textfiles
+
+Progress = Optional[Callable[[int], None]]
 
 EDIT_COLUMNS = ('sequence', 'position', 'ref', 'alt')
 PAIR_COLUMNS = ('ref_sequence', 'alt_sequence')
 EMPTY = '-'
+# What an edit may write: the bases and N (any other letter would be read as N).
+EDIT_BASES = 'ACGTN'
 
 
 class VariantInputError(ValueError):
   """A pairs or edits file that cannot be used; the message names the file (and line)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-  """Where a model reads the 110 bp DREAM encoding: positions [start, start + length)."""
-  start: int
-  length: int
-
-  @classmethod
-  def of_checkpoint(cls, ckpt) -> 'Window':
-    """The window `ckpt` (a `checkpoint.Checkpoint`) was trained on."""
-    return cls(ckpt.crop_start, ckpt.model_config.input_length)
-
-  def codes(self, sequences: Sequence[str]) -> np.ndarray:
-    """uint8 [N, length]: the window of each sequence's DREAM encoding."""
-    if self.start < 0 or self.start + self.length > dream_data.SEQUENCE_LENGTH:
-      raise ValueError(f'window [{self.start}, {self.start + self.length}) outside the '
-                       f'{dream_data.SEQUENCE_LENGTH} bp encoding')
-    encoded = dream_data.encode_sequences(list(sequences))
-    return np.ascontiguousarray(encoded[:, self.start:self.start + self.length])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,57 +63,73 @@ class Edit:
 
 @dataclasses.dataclass(frozen=True)
 class Effects:
-  """Predictions of the ref and alt sequences, float32 [N, T] each (T: scorer targets).
+  """Predictions of the ref and alt sequences, float32 [N, T] each (T: the targets): of
+  several checkpoints, the members' means.
 
-  window_changed: bool [N], whether the model's window differs between ref and alt
-  (an edit outside the window has effect 0 by construction).
+  window_changed: bool [N], whether any window a model reads differs between ref and
+  alt (an edit outside them has effect 0 by construction).
+  member_effects: float32 [K, N, T], each member's alt - ref.
   """
   ref: np.ndarray
   alt: np.ndarray
   window_changed: np.ndarray
   targets: Tuple[str, ...]
+  member_effects: Optional[np.ndarray] = None
 
   @property
   def effect(self) -> np.ndarray:
     """float32 [N, T]: alt - ref."""
     return self.alt - self.ref
 
+  @property
+  def effect_spread(self) -> np.ndarray:
+    """float32 [N, T]: the sd of the effect across members (0 for one)."""
+    if self.member_effects is None:
+      return np.zeros_like(self.ref)
+    return ensemble_lib.Predictions(self.member_effects).spread
 
-# ---------------------------------------------------------------------------
-# Prediction.
+
+def _as_ensemble(model) -> ensemble_lib.Ensemble:
+  """A Predictor as an ensemble of one; an Ensemble as it is."""
+  if isinstance(model, ensemble_lib.Ensemble):
+    return model
+  return ensemble_lib.Ensemble((model,))
 
 
-def predict_sequences(scorer: attribution.Scorer, sequences: Sequence[str],
-                      window: Window, *, batch_size: int = 256,
-                      progress: attribution.Progress = None) -> np.ndarray:
-  """float32 [N, T]: eval-mode predictions, each distinct window predicted once."""
-  codes = window.codes(sequences)
+def predict_sequences(model, sequences: Sequence[str], *,
+                      progress: Progress = None) -> np.ndarray:
+  """float32 [K, N, T]: each member's predictions (an `inference.Predictor` is one
+  member), each distinct encoding predicted once."""
+  model = _as_ensemble(model)
+  codes = model.layout.encode(sequences).codes
   if codes.shape[0] == 0:
-    return np.zeros((0, len(scorer.targets)), np.float32)
+    return np.zeros((model.size, 0, len(model.targets)), np.float32)
   unique, inverse = np.unique(codes, axis=0, return_inverse=True)
-  return attribution.predict_codes(scorer, unique, batch_size=batch_size,
-                                   progress=progress)[inverse.reshape(-1)]
+  return model.predict_codes(unique, progress=progress).members[:, inverse.reshape(-1)]
 
 
-def pair_effects(scorer: attribution.Scorer, refs: Sequence[str], alts: Sequence[str],
-                 window: Window, *, batch_size: int = 256,
-                 progress: attribution.Progress = None) -> Effects:
-  """Effects alt - ref of N pairs of sequences (any edit)."""
+def pair_effects(model, refs: Sequence[str], alts: Sequence[str], *,
+                 progress: Progress = None) -> Effects:
+  """Effects alt - ref of N pairs of sequences (any edit) by an `inference.Predictor`
+  or an `ensemble.Ensemble`: the members' mean, and each member's effect."""
   if len(refs) != len(alts):
     raise ValueError(f'{len(refs)} ref and {len(alts)} alt sequences')
-  both = predict_sequences(scorer, list(refs) + list(alts), window,
-                           batch_size=batch_size, progress=progress)
+  model = _as_ensemble(model)
+  both = predict_sequences(model, list(refs) + list(alts), progress=progress)
   n = len(refs)
-  changed = (window.codes(refs) != window.codes(alts)).any(axis=1)
-  return Effects(both[:n], both[n:], changed, scorer.targets)
+  read = model.covered()
+  changed = (model.layout.encode(refs).codes[:, read] !=
+             model.layout.encode(alts).codes[:, read]).any(axis=1)
+  ref, alt = ensemble_lib.Predictions(both[:, :n]), ensemble_lib.Predictions(both[:, n:])
+  return Effects(ref.mean, alt.mean, changed, model.targets,
+                 member_effects=both[:, n:] - both[:, :n])
 
 
-def edit_effects(scorer: attribution.Scorer, edits: Sequence[Edit], window: Window,
-                 *, batch_size: int = 256,
-                 progress: attribution.Progress = None) -> Effects:
+def edit_effects(model, edits: Sequence[Edit], *,
+                 progress: Progress = None) -> Effects:
   """Effects of edits: each edited sequence against its unedited one."""
-  return pair_effects(scorer, [e.sequence for e in edits], [e.apply() for e in edits],
-                      window, batch_size=batch_size, progress=progress)
+  return pair_effects(model, [e.sequence for e in edits], [e.apply() for e in edits],
+                      progress=progress)
 
 
 # ---------------------------------------------------------------------------
@@ -201,9 +200,9 @@ def parse_edit(path: str, number: int, fields: Sequence[str]) -> Edit:
                             'number') from None
   ref, alt = ('' if a == EMPTY else a for a in (ref, alt))
   for what, value in (('ref', ref), ('alt', alt)):
-    if value and not _is_sequence(value):
-      raise VariantInputError(f'{path}:{number}: {what} {value!r} is not bases or '
-                              f'{EMPTY!r}')
+    if value and not set(value.upper()) <= set(EDIT_BASES):
+      raise VariantInputError(f'{path}:{number}: {what} {value!r} is not bases '
+                              f'({", ".join(EDIT_BASES)}) or {EMPTY!r}')
   if not ref and not alt:
     raise VariantInputError(f'{path}:{number}: ref and alt are both empty')
   last = len(sequence) + (1 if not ref else 0)

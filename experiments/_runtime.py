@@ -57,24 +57,98 @@ def command(run: Callable[[], Any], errors: Tuple[type, ...],
   def main(argv_unused: List[str]) -> None:
     # absl shows INFO records; jax's probing of absent backends is not news.
     logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+    show_library_log()
     # Nothing returned: absl's app.run would print it and exit with status 1.
     report_errors(run, errors, hint)
   return main
 
 
 def report_errors(run: Callable[[], Any], errors: Tuple[type, ...],
-                  hint: Callable[[BaseException], str] = lambda error: '') -> Any:
-  """`run()`, with each of `errors` (bad input) ended as one `error:` line, status 1.
+                  hint: Callable[[BaseException], str] = lambda error: '',
+                  describe: Callable[[BaseException], str] = str) -> Any:
+  """`run()`, with each of `errors` (bad input) ended as one `error:` line, status 1,
+  and Ctrl-C as one line, status 130.
 
   `hint(error)` is appended to the line: what the command knows about the cause that
-  the library raising the error does not (e.g. a default path that only exists in one
-  workplace).
+  the library raising the error does not (e.g. a default path that exists only beside
+  this repository); `describe(error)` is the message (default its text). In a
+  multi-process job the lines name the process.
   """
+  from enformer_small import train_errors
   try:
     return run()
   except errors as e:
-    print(f'error: {one_line(str(e))}{hint(e)}', file=sys.stderr)
-    sys.exit(1)
+    fail(f'{one_line(describe(e))}{hint(e)}')
+  except train_errors.Interrupted as e:
+    exit_interrupted(str(e))
+  except KeyboardInterrupt:
+    exit_interrupted('interrupted')
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` (naming the process in a multi-process job), exits 1."""
+  if not message.startswith('error:'):
+    message = f'error: {message}'
+  print(_process_label() + message, file=sys.stderr)
+  sys.exit(1)
+
+
+def exit_interrupted(line: str) -> None:
+  """Prints the one line and exits with 130 (128 + SIGINT) at once.
+
+  Every file is written whole or not at all, so nothing is left to clean up; skipping
+  the interpreter's teardown (TensorFlow's and JAX's threads) keeps the exit immediate.
+  """
+  print(_process_label() + line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(130)
+
+
+def _process_label() -> str:
+  if 'jax' not in sys.modules:
+    return ''
+  from enformer_small import distributed
+  return distributed.process_label()
+
+
+class _LineHandler(logging.Handler):
+  """The library's records as plain lines: INFO to stdout (through tqdm, so a progress
+  bar is not broken), WARNING and above to stderr as `warning: ...`."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    line = record.getMessage()
+    if record.levelno >= logging.WARNING:
+      print(f'{_process_label()}warning: {line}', file=sys.stderr, flush=True)
+      return
+    try:
+      import tqdm
+      tqdm.tqdm.write(line, file=sys.stdout)
+    except ImportError:
+      print(line)
+    sys.stdout.flush()
+
+
+def show_library_log(enabled: bool = True) -> None:
+  """Shows the library's log lines (`enformer_small.*` loggers) plainly, not in absl's
+  format; `enabled` False (e.g. processes other than 0) shows none."""
+  logger = logging.getLogger('enformer_small')
+  logger.handlers[:] = [_LineHandler()] if enabled else [logging.NullHandler()]
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+
+def progress_bars(enabled: bool, unit: str = 'seq'):
+  """A factory `(total, description) -> tqdm bar` on stderr, or None when `enabled` is
+  False or stderr is not a terminal."""
+  if not (enabled and sys.stderr.isatty()):
+    return None
+  import tqdm
+
+  def make(total: int, description: str = ''):
+    return tqdm.tqdm(total=total, desc=description or None, unit=unit, unit_scale=True,
+                     dynamic_ncols=True, leave=False, file=sys.stderr)
+  return make
 
 
 def one_line(message: str) -> str:

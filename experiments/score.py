@@ -99,7 +99,7 @@ def _read_predictions(path: str, test_set: scoring.TestSet):
 def _missing_data_hint(error: BaseException) -> str:
   if isinstance(error, FileNotFoundError) and _DATA in str(error):
     return (' (the default paths point at ../shared/data/dream, which exists '
-            'beside the repository in this workplace only; run from the '
+            'beside the repository (not distributed with it); run from the '
             'repository root or pass --test_file/--subsets_dir/--public_dir)')
   return ''
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: where the real DREAM data and the seed's reference outputs live."""
+"""Shared fixtures and the two tiers.
+
+Default tier (`pytest -q tests`): every module, in a few minutes. Slow tier
+(`pytest -q tests --runslow`): also the files named `test_slow_*.py` (whole trainings,
+command-line and multi-process runs) and any test marked `@pytest.mark.slow`.
+"""
 
 import os
 import pathlib
@@ -19,6 +24,9 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.path.name.startswith('test_slow_'):
+      item.add_marker(pytest.mark.slow)
   if config.getoption('--runslow'):
     return
   skip_slow = pytest.mark.skip(reason='slow tier: run with --runslow')
@@ -29,8 +37,8 @@ def pytest_collection_modifyitems(config, items):
 
 def _require(path: pathlib.Path, what: str) -> pathlib.Path:
   if not path.exists():
-    pytest.skip(f'{path} not found: {what} lives in ../shared beside the repository '
-                'in this workplace only')
+    pytest.skip(f'{path} not found: {what} is kept beside the repository in '
+                '../shared (data and reference outputs, not distributed with it)')
   return path
 
 
@@ -45,3 +53,29 @@ def seed_fixtures_dir() -> pathlib.Path:
   """../shared/fixtures/seed_sonnet_85bp: outputs of the seed's own TF/Sonnet code."""
   return _require(SHARED_DIR / 'fixtures' / 'seed_sonnet_85bp',
                   "the seed's TF/Sonnet reference outputs")
+
+
+# ---------------------------------------------------------------------------
+# One tiny run of the library's trainer, shared by the default tier.
+
+TINY_RUN = dict(
+    synthetic_rows=600, synthetic_seed=0, num_holdout=100, batch_size=32,
+    eval_batch_size=64, num_epochs=1, input_length=110, plasmid_context=10,
+    crop_start=-1, shifts=(-3, -2, -1, 0, 1, 2, 3), shift_mode='random',
+    reverse_complement=True, eval_reverse_complement=True, eval_shifts=(-2, 0, 2),
+    loss='soft_bin', optimizer='adamw', learning_rate=0.002, weight_decay=0.01,
+    ema_decay=0.9, bn_recalibration_batches=2, keep_checkpoints=2)
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """A real_6370.flags-like run (plasmid context, shifts, both strands, soft-bin head,
+  EMA, BatchNorm recalibration) of one epoch on 600 synthetic rows, through the library
+  (`trainer.train`): (config, result). Its run directory holds checkpoint_best.npz."""
+  from enformer_small import trainer
+  from enformer_small.train_config import TrainConfig
+  root = tmp_path_factory.mktemp('tiny_run')
+  config = TrainConfig(run_dir=str(root / 'run'), synthetic_dir=str(root / 'data'),
+                       data_cache_dir=str(root / 'cache'), **TINY_RUN)
+  result = trainer.train(config, trainer.RunOptions(log_every_steps=0))
+  return config, result

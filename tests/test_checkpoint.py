@@ -11,6 +11,7 @@ import pytest
 
 from enformer_small import checkpoint
 from enformer_small import config as config_lib
+from enformer_small import plasmid
 
 # Haiku-style trees, with module names as Haiku writes them ('/~/' inside).
 PARAMS = {
@@ -204,13 +205,13 @@ def test_latest_checkpoint_of_an_empty_or_missing_directory_is_none(tmp_path):
   assert checkpoint.latest_checkpoint(tmp_path / 'absent') is None
 
 
-def test_default_crop_start_keeps_the_seed_window():
+def test_the_default_window_start_keeps_the_seed_window():
   """85 bp -> X[:, 15:100] (the seed's), 110 -> whole, else the seed's 3:2 split."""
-  assert checkpoint.default_crop_start(85) == 15
-  assert checkpoint.default_crop_start(110) == 0
-  assert checkpoint.default_crop_start(100) == 6
+  assert plasmid.default_window_start(85) == 15
+  assert plasmid.default_window_start(110) == 0
+  assert plasmid.default_window_start(100) == 6
   with pytest.raises(ValueError):
-    checkpoint.default_crop_start(111)
+    plasmid.default_window_start(111)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Usage errors of the entry points: one error line and a hint, never the whole help."""
+"""Usage errors of the entry points: one error line and a hint, never the whole help.
+
+Every entry point goes through `_runtime.run` (checked here on its source); the stray
+argument is checked in this process and on the command line for `score`; every entry
+point on the command line, and convert's bad input, are in test_slow_cli_usage.py.
+"""
 
 import os
 import pathlib
@@ -52,15 +57,39 @@ def test_the_entry_points_are_found():
           'make_synthetic_data'} <= set(ENTRY_POINTS)
 
 
-@pytest.mark.parametrize('entry_point', ENTRY_POINTS)
-def test_stray_flagfile_prints_two_lines_not_the_help(entry_point):
-  """`python -m experiments.train demo.flags`: the error and the hint, exit status 1."""
+def test_every_entry_point_runs_through_runtime():
+  """So each parses its arguments with `_runtime._parse_flags` (tested below) and
+  reports usage errors with `_runtime._main_without_help`."""
+  for entry_point in ENTRY_POINTS:
+    text = (REPO_ROOT / 'experiments' / f'{entry_point}.py').read_text()
+    main_block = text[text.index("if __name__ == '__main__':"):]
+    assert '_runtime.run(main)' in main_block, entry_point
+
+
+def test_stray_flagfile_prints_two_lines_not_the_help_in_process(capsys):
+  """`python -m experiments.train demo.flags`: the error and the hint, exit status 1,
+  before absl would print the help."""
+  with pytest.raises(SystemExit) as info:
+    _runtime._parse_flags(['prog', 'demo.flags'])  # pylint: disable=protected-access
+  assert info.value.code == 1
+  out, err = capsys.readouterr()
+  assert out == ''
+  assert err.splitlines() == ['error: unexpected argument: demo.flags',
+                              'hint: a flagfile is given as --flagfile=demo.flags']
+
+
+def check_stray_flagfile(entry_point):
   result = run_module(f'experiments.{entry_point}', 'demo.flags')
   assert result.returncode == 1
   assert result.stdout == ''
   assert result.stderr.splitlines() == [
       'error: unexpected argument: demo.flags',
       'hint: a flagfile is given as --flagfile=demo.flags']
+
+
+def test_stray_flagfile_prints_two_lines_not_the_help():
+  """`python -m experiments.score demo.flags` (the other entry points: slow tier)."""
+  check_stray_flagfile('score')
 
 
 def test_usage_error_raised_by_main_is_one_line_and_a_hint(tmp_path):
@@ -122,16 +151,24 @@ def test_report_errors_returns_the_result_and_lets_other_errors_through():
     _runtime.report_errors(lambda: {}['x'], (ValueError,))
 
 
-@pytest.mark.parametrize('module, args, message', [
+BAD_INPUT = [
     ('experiments.score', [], 'error: --predictions is required'),
     ('experiments.convert', ['--output=x.npz'],
      'error: --checkpoint and --output are required'),
     ('experiments.prepare_data', ['--input=no_such_file.txt', '--nouse_cache'],
      "error: no_such_file.txt: no such file; expected a DREAM file "
      "'sequence<TAB>expression'"),
-])
-def test_bad_input_of_score_convert_and_prepare_data_is_one_error_line(
-    module, args, message):
+]
+
+
+@pytest.mark.parametrize('module, args, message',
+                         [case for case in BAD_INPUT if case[0] != 'experiments.convert'])
+def test_bad_input_of_score_and_prepare_data_is_one_error_line(module, args, message):
+  """(convert, which loads TensorFlow first: slow tier)"""
+  check_bad_input(module, args, message)
+
+
+def check_bad_input(module, args, message):
   result = run_module(module, *args)
   assert result.returncode == 1
   assert result.stderr.splitlines() == [message]

@@ -1,4 +1,6 @@
-"""Specification of the tf.data input pipeline (`enformer_small.dataset`).
+"""Specification of the input pipelines: training's tf.data pipeline
+(`enformer_small.dataset`) and the windows evaluation and prediction cut in numpy
+(`inference.predict_rows`, `window_average.Windows`, the one inference path).
 
 Windows are checked against hand-written one-hot columns and against
 `dream_data.one_hot` of numpy slices (an independent implementation); batch
@@ -8,11 +10,14 @@ against all its candidate windows.
 
 import collections
 
+import jax
 import numpy as np
 import pytest
 
 from enformer_small import dataset
 from enformer_small import dream_data
+from enformer_small import inference
+from enformer_small import window_average
 
 A, C, G, T, N = np.eye(5, 4, dtype=np.float32)  # Hand one-hot columns.
 
@@ -66,9 +71,35 @@ def train(data, indices=None, **kwargs):
   return list(dataset.train_batches(data, indices, **kwargs))
 
 
-def evaluate(data, indices=None, **kwargs):
-  kwargs.setdefault('local_device_count', 1)
-  return list(dataset.eval_batches(data, indices, **kwargs))
+class Evaluation:
+  """What `inference.predict_rows` feeds the model and returns, with a forward pass that
+  records its inputs and predicts, per row, a number naming the window it was given."""
+
+  def __init__(self, codes, *, shift=0, reverse_complement=False, indices=None,
+               batch_size=None):
+    self.windows = window_average.Windows(15, 85, shifts=(shift,),
+                                          reverse_complement=reverse_complement)
+    self.batches = []
+    size = batch_size or jax.local_device_count()
+    self.predictions = inference.predict_rows(self._forward, codes, self.windows,
+                                              batch_size=size, indices=indices)
+
+  def _forward(self, inputs):
+    x = np.asarray(inputs)
+    self.batches.append(x)
+    return name_windows(x.reshape((-1,) + x.shape[2:])).reshape(x.shape[:2] + (1,))
+
+  def inputs(self, reverse=False):
+    """[rows incl. padding, 85, 4]: the one-hot windows of the pass on that strand."""
+    per_pass = len(self.batches) // len(self.windows.passes)
+    chosen = self.batches[per_pass:] if reverse else self.batches[:per_pass]
+    return np.concatenate([b.reshape((-1,) + b.shape[2:]) for b in chosen])
+
+
+def name_windows(x):
+  """float32 [N]: a number for each one-hot window [N, L, 4] (0 for all-N windows)."""
+  weights = (np.arange(x.shape[1])[:, None] + 1) * (np.arange(4)[None] + 1) * 1e-3
+  return (x * weights).sum(axis=(1, 2)).astype(np.float32)
 
 
 # A hand-made row: window starts / ends differ at every shift.
@@ -91,8 +122,7 @@ def test_window_at_each_shift_is_the_hand_checked_one_hot(
     shift, first, second, second_last, last):
   """Shift s gives codes[15+s : 100+s], A C G T columns."""
   data = make_data(dream_data.encode_sequences([HAND_ROW]))
-  (batch,) = evaluate(data, global_batch_size=1, shift=shift)
-  x = batch['inputs'][0, 0]
+  (x,) = Evaluation(data.codes, shift=shift).inputs()
   assert x.shape == (85, 4)
   np.testing.assert_array_equal(x[[0, 1, -2, -1]],
                                 [first, second, second_last, last])
@@ -114,8 +144,7 @@ def test_n_and_end_padding_give_all_zero_columns():
   """Code 4 (N, or padding of a short row) -> all-zero one-hot column."""
   short = 'ACGTN' * 20  # 100 bp: codes 100..109 are padding.
   data = make_data(dream_data.encode_sequences([short]))
-  (batch,) = evaluate(data, global_batch_size=1, shift=1)  # window [16, 101)
-  x = batch['inputs'][0, 0]
+  (x,) = Evaluation(data.codes, shift=1).inputs()  # window [16, 101)
   window = short[16:100]
   for i, base in enumerate(window):
     expected = {'A': A, 'C': C, 'G': G, 'T': T, 'N': N}[base]
@@ -126,9 +155,10 @@ def test_n_and_end_padding_give_all_zero_columns():
 def test_windows_match_numpy_slices_for_random_rows():
   data = random_data(40, with_n=True)
   for shift in (-1, 0, 1):
-    batches = evaluate(data, global_batch_size=8, shift=shift)
+    evaluation = Evaluation(data.codes, shift=shift, batch_size=8)
     expected = dream_data.one_hot(data.codes[:, 15 + shift:100 + shift])
-    np.testing.assert_array_equal(flat(batches, 'inputs'), expected)
+    np.testing.assert_array_equal(evaluation.inputs(), expected)
+    np.testing.assert_array_equal(evaluation.predictions[:, 0], name_windows(expected))
 
 
 def test_expand_mode_covers_every_row_at_every_shift_once_per_epoch():
@@ -267,58 +297,68 @@ def test_reverse_complement_of_a_hand_example():
   """Window ACGGN... -> reverse complement ...NCCGT; N stays all-zero."""
   row = 'T' * 15 + 'ACGGN' + 'T' * 80 + 'C' * 10  # window [15, 100)
   data = make_data(dream_data.encode_sequences([row]))
-  (batch,) = evaluate(data, global_batch_size=1, reverse_complement=True)
-  x = batch['inputs'][0, 0]
+  (x,) = Evaluation(data.codes, reverse_complement=True).inputs(reverse=True)
   np.testing.assert_array_equal(x[:80], np.tile(A, (80, 1)))  # T -> A
   np.testing.assert_array_equal(x[80:], [N, C, C, G, T])
 
 
-def test_eval_scores_every_row_once_in_order_with_padding_masked():
+def test_eval_predicts_every_row_once_in_order_and_drops_the_padding():
+  """23 rows in global batches of 10: the last batch's 7 padded rows are all N, and
+  their predictions are dropped."""
   data = random_data(23)
-  batches = evaluate(data, global_batch_size=10, local_device_count=2)
-  assert len(batches) == dataset.num_eval_batches(23, 10) == 3
-  index, mask = flat(batches, 'index'), flat(batches, 'mask')
-  np.testing.assert_array_equal(index, list(range(23)) + [-1] * 7)
-  np.testing.assert_array_equal(mask, [True] * 23 + [False] * 7)
-  inputs, targets = flat(batches, 'inputs'), flat(batches, 'targets')
+  size = 10 * jax.local_device_count()
+  columns = inference._global_batches(np.arange(23), size)  # pylint: disable=protected-access
+  assert columns.shape == (-(-23 // size), size)
+  np.testing.assert_array_equal(columns.ravel(),
+                                list(range(23)) + [-1] * (columns.size - 23))
+  evaluation = Evaluation(data.codes, batch_size=size)
+  inputs = evaluation.inputs()
+  assert inputs.shape == (columns.size, 85, 4) and inputs.dtype == np.uint8
   np.testing.assert_array_equal(inputs[23:], 0)
-  np.testing.assert_array_equal(targets[:23, 0], np.arange(23))
-  np.testing.assert_array_equal(targets[23:], 0)
-  for b in batches:
-    assert b['inputs'].shape == (2, 5, 85, 4) and b['mask'].shape == (2, 5)
-    assert b['index'].dtype == np.int64 and b['mask'].dtype == bool
+  np.testing.assert_array_equal(inputs[:23], dream_data.one_hot(data.codes[:, 15:100]))
+  np.testing.assert_array_equal(evaluation.predictions[:, 0], name_windows(inputs[:23]))
+  for b in evaluation.batches:
+    assert b.shape == (jax.local_device_count(), 10, 85, 4)
 
 
 def test_eval_keeps_the_given_order_of_indices():
   data = random_data(20)
   indices = np.array([9, 2, 17, 4])
-  batches = evaluate(data, indices, global_batch_size=3)
-  index = flat(batches, 'index')
-  np.testing.assert_array_equal(index, [9, 2, 17, 4, -1, -1])
-  np.testing.assert_array_equal(flat(batches, 'targets')[:4, 0], indices)
+  size = 3 * jax.local_device_count()
+  columns = inference._global_batches(indices, size)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(columns.ravel(), [9, 2, 17, 4] + [-1] * (columns.size - 4))
+  evaluation = Evaluation(data.codes, indices=indices, batch_size=size)
+  np.testing.assert_array_equal(
+      evaluation.predictions[:, 0],
+      name_windows(dream_data.one_hot(data.codes[indices, 15:100])))
 
 
-def test_eval_shards_cover_every_row_once_with_equal_batch_counts():
+def fake_processes(monkeypatch, count, index):
+  monkeypatch.setattr(jax, 'process_count', lambda: count)
+  monkeypatch.setattr(jax, 'process_index', lambda: index)
+
+
+def test_eval_shards_cover_every_row_once_with_equal_batch_counts(monkeypatch):
   """3 processes, 7 rows, batch 6: the last process's second batch is padding."""
-  data = random_data(7)
-  shards = [evaluate(data, global_batch_size=6, process_index=p,
-                     process_count=3) for p in range(3)]
+  shards = []
+  for p in range(3):
+    fake_processes(monkeypatch, 3, p)
+    shards.append(inference._global_batches(np.arange(7), 6))  # pylint: disable=protected-access
   assert [len(s) for s in shards] == [2, 2, 2]
-  np.testing.assert_array_equal(shards[2][1]['mask'], [[False, False]])
-  seen = np.concatenate([flat(s, 'index') for s in shards])
+  np.testing.assert_array_equal(shards[2][1], [-1, -1])
+  seen = np.concatenate([s.ravel() for s in shards])
   assert sorted(seen[seen >= 0].tolist()) == list(range(7))
   # Concatenated in process order, batch by batch, they are the global order.
-  order = np.concatenate([np.concatenate([s[b]['index'].ravel()
+  order = np.concatenate([np.concatenate([s[b].ravel()
                                           for s in shards]) for b in range(2)])
   np.testing.assert_array_equal(order, list(range(7)) + [-1] * 5)
 
 
-def test_predict_batches_work_without_targets():
+def test_prediction_needs_no_targets():
+  """Codes alone (no expression): predict_rows cuts the windows of the rows it is given."""
   data = random_data(5)
-  batches = list(dataset.predict_batches(
-      data.codes, global_batch_size=4, local_device_count=2))
-  assert set(batches[0]) == {'inputs', 'mask', 'index'}
-  np.testing.assert_array_equal(flat(batches, 'inputs')[:5],
+  evaluation = Evaluation(data.codes, batch_size=4 * jax.local_device_count())
+  np.testing.assert_array_equal(evaluation.inputs()[:5],
                                 dream_data.one_hot(data.codes[:, 15:100]))
 
 
@@ -332,8 +372,10 @@ def test_pipeline_reads_read_only_memory_mapped_and_misaligned_codes(
   misaligned[:] = data.codes
   expected = dream_data.one_hot(data.codes[:, 15:100])
   for codes in (mapped, misaligned):
-    batches = evaluate(make_data(codes), global_batch_size=4)
-    np.testing.assert_array_equal(flat(batches, 'inputs'), expected)
+    np.testing.assert_array_equal(Evaluation(codes, batch_size=4).inputs(), expected)
+    batches = train(make_data(codes), global_batch_size=4)
+    assert sorted(decode(data, batches)) == [(r, s, False) for r in range(12)
+                                             for s in (-1, 0, 1)]
 
 
 def test_read_only_codes_are_copied_to_tensorflow_once_per_array(tmp_path):
@@ -355,8 +397,14 @@ def test_bad_batch_geometry_is_a_clear_error(kwargs, message):
   data = random_data(20)
   with pytest.raises(ValueError, match=message):
     dataset.train_batches(data, np.arange(20), seed=0, epoch=0, **kwargs)
-  with pytest.raises(ValueError, match=message):
-    dataset.eval_batches(data, **kwargs)
+
+
+def test_an_eval_batch_must_divide_over_the_devices_of_every_process(monkeypatch):
+  fake_processes(monkeypatch, 4, 0)
+  devices = 4 * jax.local_device_count()
+  with pytest.raises(ValueError, match=rf'batch_size \(10\) must be a multiple of the '
+                     rf'{devices} devices'):
+    Evaluation(random_data(20).codes, batch_size=10)
 
 
 def test_other_bad_arguments_are_clear_errors():

@@ -480,7 +480,7 @@ def test_holdout_split_edges_and_too_large_holdout():
 
 
 # ---------------------------------------------------------------------------
-# Real data (../shared/data/dream, in this workplace only).
+# Real data (../shared/data/dream, kept beside the repository, not distributed with it).
 
 
 def plain_python_read(path):

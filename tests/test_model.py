@@ -257,10 +257,12 @@ def test_batch_norm_state_moves_only_in_training(seed_model):
 
 
 def test_predict_fn_of_a_soft_bin_head_is_the_expectation_over_its_bins():
+  from random_model import random_variables  # (no init to compile)
   config = config_lib.seed_config(85).with_soft_bin_head(18)
   x = jax.nn.one_hot(np.random.default_rng(0).integers(0, 4, (3, 85)), 4)
-  params, state = model.init(config, jax.random.PRNGKey(0))
-  logits, _ = model.make_model(config).apply(params, state, None, x, is_training=False)
+  params, state = random_variables(config, seed=0)
+  apply = jax.jit(model.make_model(config).apply, static_argnames='is_training')
+  logits, _ = apply(params, state, None, x, is_training=False)
   logits = np.asarray(logits['yeast'], np.float64)  # [3, 18]
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)

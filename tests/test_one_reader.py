@@ -2,7 +2,7 @@
 
 Training (`dream_data.read_dream_file`), the measured test set
 (`scoring.read_test_set`), a submission (`scoring.read_tsv_predictions`),
-predict (`experiments.predict.read_input`) and attribute
+predict (`inference.Layout.read`, as experiments.predict reads DREAM rows) and attribute
 (`variant_effects.read_sequences`, for anything but FASTA) run the same parser
 with the same policies. Each file below goes through all of them; they read the
 same rows or refuse the file with the same `path:line: ` message. Where they
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from enformer_small import dream_data
+from enformer_small import inference
 from enformer_small import scoring
 from enformer_small import variant_effects
-from experiments import predict
 
 LONG = 'ACGT' * 30  # 120 bp: truncated to 110 by the encoding.
 
@@ -87,11 +87,17 @@ def training(path):
   return dream_data.read_dream_file(path, use_cache=False)
 
 
+def predict(path):
+  """experiments.predict's reading of DREAM rows: (sequences as written, values)."""
+  rows = inference.Layout().read(path)
+  return list(rows.sequences), rows.measured
+
+
 CALLERS = {
     'training': (training, dream_data.DreamDataError),
     'scoring': (scoring.read_test_set, scoring.ScoringError),
     'submission': (scoring.read_tsv_predictions, scoring.ScoringError),
-    'predict': (predict.read_input, predict.PredictError),
+    'predict': (predict, dream_data.DreamDataError),
     'attribute': (variant_effects.read_sequences,
                   variant_effects.VariantInputError),
 }
@@ -218,7 +224,7 @@ def test_a_file_without_values_is_predicted_but_neither_trained_nor_scored(
     tmp_path):
   """values_optional: predict and attribute only."""
   path = write(tmp_path, b'ACGT\nGGCC\n')
-  assert predict.read_input(str(path)) == (['ACGT', 'GGCC'], None)
+  assert predict(str(path)) == (['ACGT', 'GGCC'], None)
   assert variant_effects.read_sequences(str(path)) == (['1', '2'],
                                                        ['ACGT', 'GGCC'])
   expected = (f"{path}:1: missing tab: expected 2 tab-separated columns "

@@ -83,23 +83,18 @@ def test_cache_is_keyed_by_content_and_spec(tmp_path):
   np.testing.assert_array_equal(other.expression, [[2], [4]])
 
 
-def test_train_reports_a_bad_table_in_one_line_and_exits_1(tmp_path):
-  import os
-  import pathlib
-  import subprocess
-  import sys
-  repo = pathlib.Path(__file__).resolve().parent.parent
+def test_training_reads_a_table_and_reports_a_bad_value_naming_file_and_line(tmp_path):
+  """A run's data (`train_data.load_data`) from --table_file: the error the command
+  prints in one line (test_slow_train_cli runs the command)."""
+  from enformer_small import train_data
+  from enformer_small.train_config import TrainConfig
   path = _write(tmp_path, 'sequence,a\n' + 'A' * 110 + ',1\n' + 'A' * 110 + ',x\n')
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
-             PYTHONPATH=os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
-  result = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', '--flagfile=small.flags',
-       f'--run_dir={tmp_path / "run"}', f'--table_file={path}', '--target_columns=a',
-       '--sequence_length=110', '--shifts=0', f'--data_cache_dir={tmp_path / "c"}'],
-      cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == (
-      f"error: {path}:3: target 'a' is 'x'; expected a finite number")
+  config = TrainConfig(run_dir=str(tmp_path / 'run'), table_file=path,
+                       target_columns=('a',), sequence_length=110, shifts=(0,),
+                       data_cache_dir=str(tmp_path / 'c'))
+  with pytest.raises(tables.TableError) as info:
+    train_data.load_data(config)
+  assert str(info.value) == f"{path}:3: target 'a' is 'x'; expected a finite number"
 
 
 def test_a_prediction_input_keeps_its_sequences_and_takes_all_targets_or_none(tmp_path):

@@ -1,17 +1,13 @@
-"""Recipes in the training loop: the seed's step unchanged, every option together through
-train / resume / predict, and the command line's Ctrl-C and log lines.
+"""Recipes in the training loop: the seed's step unchanged, and what a run of the
+real_6370.flags-like recipe (tests/conftest.py's `tiny_run`: plasmid context, shifts,
+both strands, soft-bin head, EMA, BatchNorm recalibration) saves and predicts.
 
-The runs use the real code path on a few hundred synthetic rows with a small batch.
+Every option together through train / resume / predict (whole runs of their own) is
+in test_slow_train_recipes.py; the command line's Ctrl-C in test_slow_train_cli.py.
 """
 
 import json
-import os
 import pathlib
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +17,16 @@ import pytest
 
 from enformer_small import checkpoint
 from enformer_small import checkpointer
-from enformer_small import config as config_lib
 from enformer_small import dream_data
+from enformer_small import inference
 from enformer_small import metrics as metrics_lib
-from enformer_small import recipe as recipe_lib
+from enformer_small import run_files
+from enformer_small import train_data
 from enformer_small import training
 from enformer_small.model import make_model
-from experiments import predict as predict_lib
-from experiments import train as train_lib
+from seed_steps import seed_start, seed_train_step
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+HEAD = 'enformer/~/head_yeast/~/output'
 
 
 def _seed_train_step(model_config, optimizer, axis_name=training.AXIS_NAME):
@@ -68,18 +64,19 @@ def _seed_train_step(model_config, optimizer, axis_name=training.AXIS_NAME):
 
 def test_default_recipe_steps_are_the_seeds_bit_for_bit():
   """Two steps (dropout on) with Recipe()'s optimizer through make_train_step: the same
-  parameters, BatchNorm state, momentum, key and metrics as the frozen seed step."""
-  model_config = config_lib.seed_config(85)
-  optimizer = recipe_lib.make_optimizer(recipe_lib.Recipe())
-  start = training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0))
+  parameters, BatchNorm state, momentum, key and metrics as the frozen seed step.
+
+  Two steps, not one: the second is the first to apply momentum and a key split from
+  a key the step itself returned. The start (the seed at 85 bp from PRNGKey(0)) and
+  make_train_step's compiled step are shared with test_training (seed_steps.py)."""
+  model_config, _, start = seed_start()
   d = jax.local_device_count()
   rng = np.random.default_rng(0)
   batches = [training.shard_batch({
       'inputs': np.eye(4, dtype=np.uint8)[rng.integers(0, 4, (d, 8, 85))],
       'targets': rng.uniform(0, 17, (d, 8, 1)).astype(np.float32)}) for _ in range(2)]
   results = []
-  for step in (training.make_train_step(model_config, optimizer, donate=False,
-                                        return_predictions=True),
+  for step in (seed_train_step(),
                _seed_train_step(model_config, optax.sgd(0.01, momentum=0.9))):
     state, outputs = training.replicate(start), []
     for batch in batches:
@@ -92,164 +89,68 @@ def test_default_recipe_steps_are_the_seeds_bit_for_bit():
     np.testing.assert_array_equal(a, b)
 
 
-# Every option at once: AdamW with decay and clipping on a one-cycle schedule, EMA,
-# both kinds of reverse complement, windows shifted 10 bp into the plasmid (in training
-# and averaged in evaluation), BatchNorm recalibration (with the seed's dropout on),
-# soft-bin targets, early stopping armed.
-RECIPE = dict(optimizer='adamw', learning_rate=0.002, weight_decay=0.01,
-              schedule='one_cycle', clip_global_norm=1.0, ema_decay=0.9,
-              reverse_complement=True, eval_reverse_complement=True,
-              eval_shifts=(-10, 0, 10), plasmid_context=10, shifts=(-10, 0, 10),
-              bn_recalibration_batches=2,
-              loss='soft_bin', early_stopping_patience=5)
+# ---------------------------------------------------------------------------
+# tiny_run: the real_6370.flags-like recipe, one epoch.
 
 
-def _config(tmp, name, **overrides):
-  fields = dict(
-      run_dir=str(tmp / name), synthetic_rows=300, synthetic_seed=3,
-      synthetic_dir=str(tmp / 'data'), data_cache_dir=str(tmp / 'cache'),
-      num_holdout=60, split_seed=1, batch_size=48, eval_batch_size=64, num_epochs=2,
-      seed=5, keep_checkpoints=0, **RECIPE)
-  fields.update(overrides)
-  return train_lib.TrainConfig(**fields)
-
-
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  """2 epochs straight; and the same run resumed from the copy of its epoch-1
-  checkpoint, in the middle of the schedule."""
-  tmp = tmp_path_factory.mktemp('recipes')
-  whole = train_lib.train(_config(tmp, 'whole'), verbose=False)
-  shutil.copytree(tmp / 'whole' / 'checkpoints' / '15',  # epoch 1's end
-                  tmp / 'split' / 'checkpoints' / '15')
-  resumed = train_lib.train(_config(tmp, 'split'), resume=True, verbose=False)
-  return dict(tmp=tmp, whole=whole, resumed=resumed)
-
-
-def test_resume_mid_schedule_equals_the_uninterrupted_run(runs):
-  whole, resumed = runs['whole'].train_state, runs['resumed'].train_state
-  assert int(whole.step) == 2 * 15  # 240 rows x 3 shifts / 48, 2 epochs
-  assert (jax.tree_util.tree_structure(whole) == jax.tree_util.tree_structure(resumed))
-  for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-  def without_timings(history):
-    return [{k: v for k, v in r.items() if 'second' not in k and 'per_s' not in k}
-            for r in history]
-  assert without_timings(runs['whole'].history) == without_timings(runs['resumed'].history)
-  schedule = recipe_lib.learning_rate_schedule(_config(runs['tmp'], 'x').recipe, 30)
-  assert [r['learning_rate'] for r in runs['whole'].history] == [
-      pytest.approx(float(schedule(s))) for s in (14, 29)]
-
-
-def test_checkpoints_hold_the_evaluated_and_the_training_variables(runs):
+def test_checkpoints_hold_the_evaluated_and_the_training_variables(tiny_run):
   """Params are the Polyak average (what was evaluated), train_params what training
   continues from; state the recalibrated BatchNorm averages; the recipe, the plasmid
   context and the window are recorded; the model has the 18-bin head."""
-  ckpt = checkpointer.Checkpointer(runs['tmp'] / 'whole').restore_latest().checkpoint
-  assert ckpt.epoch == 2
-  final = runs['whole'].train_state
+  config, result = tiny_run
+  ckpt = checkpointer.Checkpointer(config.run_dir).restore_latest().checkpoint
+  assert ckpt.epoch == 1
+  final = result.train_state
   for module, values in final.params.items():
     for name, value in values.items():
       np.testing.assert_array_equal(ckpt.train_params[module][name], value)
       np.testing.assert_array_equal(ckpt.params[module][name],
                                     final.opt_state.ema[module][name])
-  assert not np.array_equal(ckpt.params['enformer/~/head_yeast/~/output']['w'],
-                            ckpt.train_params['enformer/~/head_yeast/~/output']['w'])
+  assert not np.array_equal(ckpt.params[HEAD]['w'], ckpt.train_params[HEAD]['w'])
   average = 'enformer/~/trunk/~/stem/~/pointwise_conv_block/~/batch_norm/~/mean_ema'
   assert not np.array_equal(ckpt.state[average]['average'],
                             ckpt.train_state[average]['average'])
   assert ckpt.recipe['loss'] == 'soft_bin' and ckpt.recipe['eval_reverse_complement']
-  assert ckpt.recipe['eval_shifts'] == [-10, 0, 10]
-  assert ckpt.plasmid_context == 10 and ckpt.crop_start == 25
+  assert ckpt.recipe['eval_shifts'] == [-2, 0, 2]
+  assert ckpt.plasmid_context == 10 and ckpt.crop_start == 10
   assert ckpt.model_config.head_kind == 'soft_bins'
 
 
-def test_train_config_json_records_what_was_used(runs):
-  config = _config(runs['tmp'], 'whole')
-  used = json.loads((runs['tmp'] / 'whole' / 'train_config.json').read_text())
-  assert used['train_file'] == train_lib.synthetic_path(config)
-  assert used['crop_start'] == 25 and used['plasmid_context'] == 10
-  assert used['resolved']['parameters'] == 2_005_426
+def test_train_config_json_records_what_was_used(tiny_run):
+  """The flags with what they resolved to: the file read, the window in the rows of
+  110 bp + 2 x 10 bp of plasmid, the parameters of the 110 bp model with its 18-bin
+  head (1,995,809 + 17 x (768 + 1)), the steps."""
+  config, _ = tiny_run
+  used = json.loads((pathlib.Path(config.run_dir) / run_files.CONFIG_FILE).read_text())
+  assert used['train_file'] == train_data.synthetic_path(config)
+  assert used['crop_start'] == 10 and used['plasmid_context'] == 10
+  assert used['resolved']['parameters'] == 2_008_882
   assert used['resolved']['steps_per_epoch'] == 15
-  assert used['resolved']['window'] == [25, 110]
-  assert used['resolved']['train_rows'] == 240
+  assert used['resolved']['window'] == [10, 120]
+  assert used['resolved']['train_rows'] == 500
 
 
-def test_resume_refuses_another_recipe_or_schedule_length(runs):
-  with pytest.raises(train_lib.TrainingError, match='--ema_decay'):
-    train_lib.train(_config(runs['tmp'], 'whole', ema_decay=0.5), resume=True,
-                    verbose=False)
-  with pytest.raises(train_lib.TrainingError, match='num_epochs.*schedule'):
-    train_lib.train(_config(runs['tmp'], 'whole', num_epochs=3), resume=True,
-                    verbose=False)
-
-
-def test_predict_applies_the_recorded_inference_settings(runs):
-  """predict_codes on the held-out rows with no options reproduces the held-out Pearson
-  training recorded for the best epoch (plasmid context, soft-bin expectation, shift
-  and strand averaging all applied); forcing single-strand or unshifted prediction
-  changes it."""
-  config = _config(runs['tmp'], 'whole')
-  data = dream_data.read_dream_file(train_lib.synthetic_path(config))
+def test_predict_applies_the_recorded_inference_settings(tiny_run):
+  """The checkpoint's predictor on the held-out rows with no options reproduces the
+  held-out Pearson training recorded for the best epoch (plasmid context, soft-bin
+  expectation, shift and strand averaging all applied); forcing single-strand or
+  unshifted prediction changes it."""
+  config, result = tiny_run
+  data = dream_data.read_dream_file(train_data.synthetic_path(config),
+                                    cache_dir=config.data_cache_dir)
   _, holdout = dream_data.holdout_split(len(data), config.num_holdout, config.split_seed)
   best = checkpoint.load_checkpoint(checkpoint.best_checkpoint_path(config.run_dir))
-  record = runs['whole'].history[best.epoch - 1]
+  record = result.history[best.epoch - 1]
   codes = data.codes[holdout]
-  pred = predict_lib.predict_codes(best, codes, batch_size=64)
+
+  def predict(**options):
+    predictor = inference.from_checkpoint(best, inference.InferenceOptions(**options))
+    return predictor.predict_codes(codes, batch_size=64)[:, 0]
+
+  pred = predict()
   r = metrics_lib.pearson_r(pred, data.expression[holdout])
   assert r == pytest.approx(record['holdout']['pearson'], abs=1e-5)
-  one_strand = predict_lib.predict_codes(best, codes, batch_size=64,
-                                         reverse_complement_average=False)
+  one_strand = predict(reverse_complement_average=False)
   assert not np.allclose(one_strand, pred)
-  unshifted = predict_lib.predict_codes(best, codes, batch_size=64, eval_shifts=())
+  unshifted = predict(eval_shifts=())
   assert not np.allclose(unshifted, pred)
-
-
-# ---------------------------------------------------------------------------
-# The command line: log lines off a terminal, and Ctrl-C.
-
-
-def test_ctrl_c_prints_one_line_and_exits_130_at_once(tmp_path):
-  """Off a terminal the run logs epoch, step, loss and seq/s every --log_every_steps;
-  SIGINT in the middle of epoch 2 ends it within seconds, status 130, with one line
-  naming the epoch, step and last checkpoint (epoch 1's, whole), and no traceback."""
-  run_dir = tmp_path / 'run'
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', TF_ENABLE_ONEDNN_OPTS='0',
-             PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'experiments.train', f'--run_dir={run_dir}',
-       '--synthetic_rows=300', '--synthetic_seed=3', f'--synthetic_dir={tmp_path / "d"}',
-       f'--data_cache_dir={tmp_path / "c"}', '--num_holdout=60', '--batch_size=16',
-       '--eval_batch_size=64', '--num_epochs=50', '--nodropout', '--log_every_steps=2'],
-      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    seen = []
-    for line in proc.stdout:
-      seen.append(line)
-      if 'epoch 2/50 step 4/45' in line:
-        break
-    assert 'epoch 1/50 step 2/45 (global 2): poisson loss ' in ''.join(seen), ''.join(seen)
-    assert 'epoch 2/50 step 4/45 (global 49): poisson loss ' in seen[-1]
-    assert 'seq/s' in seen[-1]
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    seconds = time.monotonic() - sent
-  finally:
-    proc.kill()
-  assert proc.returncode == 130, stderr[-2000:]
-  assert seconds < 5
-  assert 'Traceback' not in stderr
-  lines = [l for l in stderr.splitlines() if 'interrupted' in l]
-  assert len(lines) == 1
-  last = run_dir / 'checkpoints' / '45'  # epoch 1's end
-  assert lines[0].startswith('interrupted at epoch 2, step ')
-  assert lines[0].endswith(f'the last checkpoint is {last}; --resume continues')
-  saver = checkpointer.Checkpointer(run_dir)
-  assert saver.steps() == [45]
-  assert saver.restore_latest().checkpoint.step == 45
-  assert not [p for p in os.listdir(run_dir) if p.endswith('.tmp')]
-  assert not [p for p in os.listdir(run_dir / 'checkpoints') if 'tmp' in p]
-  used = json.loads((run_dir / 'train_config.json').read_text())
-  assert used['train_file'].endswith('synthetic_300rows_seed3.txt')

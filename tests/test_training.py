@@ -1,16 +1,18 @@
-"""Training: the loss, resuming, stopping on NaN, and 2 devices == 1 device.
+"""Training: the loss, the input pipeline to the devices, the steps' dtypes, and a run
+stopped by NaN within an epoch and resumed (train_loop, resume, run_files, evaluation).
 
-The runs use the real code path (the seed model at 85 bp, the tf.data pipeline, the
-pmapped step) on a few hundred synthetic rows with a small batch.
+The runs reuse tests/conftest.py's `tiny_run` (a real_6370.flags-like recipe on 600
+synthetic rows) and its compiled steps. Whole trainings of their own, the two-device
+step and the long equivalences are in test_slow_training.py.
 """
 
+import dataclasses
 import json
+import logging
+import math
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +21,17 @@ import pytest
 
 from enformer_small import checkpoint
 from enformer_small import checkpointer
+from enformer_small import evaluation
+from enformer_small import resume
+from enformer_small import run_files
 from enformer_small import summaries
+from enformer_small import train_plan
+from enformer_small import trainer
 from enformer_small import training
-from experiments import train as train_lib
+from enformer_small.train_config import TrainConfig
+from enformer_small.train_errors import NonFiniteError, TrainingError
 from nan_targets import nan_targets_at
-from test_checkpoint import damage_save
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from seed_steps import seed_start, seed_train_step
 
 
 def test_poisson_loss_matches_keras_formula_by_hand():
@@ -34,7 +40,7 @@ def test_poisson_loss_matches_keras_formula_by_hand():
   target = jnp.array([[0.0], [3.0]])
   expected = ((1.0 - 0.0) + (2.0 - 3.0 * np.log(2.0 + 1e-7))) / 2  # 0.4602792...
   assert float(training.poisson_loss(pred, target)) == pytest.approx(expected, rel=1e-6)
-  assert train_lib.poisson_loss_np(np.array([1.0, 2.0]), np.array([0.0, 3.0])) == (
+  assert evaluation.poisson_loss_np(np.array([1.0, 2.0]), np.array([0.0, 3.0])) == (
       pytest.approx(expected, rel=1e-12))
 
 
@@ -59,15 +65,14 @@ def test_prefetch_to_device_yields_every_batch_in_order_and_reads_ahead():
 
 
 def test_uint8_one_hot_inputs_train_exactly_as_float32():
-  """The training loop ships one-hot inputs as uint8; the step casts them on the device,
-  so one step gives bit-identical parameters, state and metrics to float32 inputs. The
-  step also hands back each example's prediction with its target, in batch order."""
-  from enformer_small import config
-  model_config = config.seed_config(85)
-  optimizer = training.make_optimizer()
-  state = training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0))
-  step = training.make_train_step(model_config, optimizer, donate=False,
-                                  return_predictions=True)
+  """The training loop ships one-hot inputs as uint8 (`train_plan.INPUT_DTYPE`); the step
+  casts them on the device, so one step gives bit-identical parameters, state and
+  metrics to float32 inputs. The step also hands back each example's prediction with
+  its target, in batch order. (The seed's model, optimizer, start and step are shared
+  with test_train_recipes' default-step test: seed_steps.py.)"""
+  assert train_plan.INPUT_DTYPE == np.uint8
+  _, _, state = seed_start()
+  step = seed_train_step()
   d = jax.local_device_count()
   rng = np.random.default_rng(0)
   one_hot = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, (d, 8, 85))]
@@ -84,60 +89,17 @@ def test_uint8_one_hot_inputs_train_exactly_as_float32():
   assert metrics['predictions'].shape == (d, 8)
 
 
-def _float_dtypes(*trees):
+def float_dtypes(*trees):
   """The floating-point dtypes among the leaves (BatchNorm's counters are int32)."""
   return {str(np.asarray(x).dtype) for x in jax.tree_util.tree_leaves(trees)
           if np.issubdtype(np.asarray(x).dtype, np.floating)}
 
 
-def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state():
-  """--compute_dtype=bfloat16: activations in bfloat16, parameters, BatchNorm averages
-  and momentum in float32. Against float32 from the same state and batch: the loss
-  within 1%, the update pointing the same way (cosine > 0.95), eval predictions within
-  5% (bfloat16 keeps 8 significant bits, about 0.4% per rounding, over ~30 layers)."""
-  from enformer_small import config
-  model_config = config.seed_config(85).without_dropout()
-  optimizer = training.make_optimizer()
-  start = training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0))
-  d = jax.local_device_count()
-  rng = np.random.default_rng(0)
-  batch = training.shard_batch({
-      'inputs': np.eye(4, dtype=np.uint8)[rng.integers(0, 4, (d, 64, 85))],
-      'targets': rng.uniform(0, 17, (d, 64, 1)).astype(np.float32)})
-  after, loss = {}, {}
-  for dtype in ('float32', 'bfloat16'):
-    step = training.make_train_step(model_config, optimizer, compute_dtype=dtype,
-                                    donate=False)
-    new_state, metrics = step(training.replicate(start), batch)
-    after[dtype], loss[dtype] = training.unreplicate(new_state), float(metrics['loss'][0])
-  assert _float_dtypes(after['bfloat16'].params, after['bfloat16'].state,
-                       after['bfloat16'].opt_state) == {'float32'}
-  assert loss['bfloat16'] != loss['float32']
-  assert loss['bfloat16'] == pytest.approx(loss['float32'], rel=0.01)
-  update = {k: np.concatenate([np.ravel(a - b) for a, b in zip(
-      jax.tree_util.tree_leaves(v.params), jax.tree_util.tree_leaves(start.params))])
-            for k, v in after.items()}
-  cosine = update['bfloat16'] @ update['float32'] / (
-      np.linalg.norm(update['bfloat16']) * np.linalg.norm(update['float32']))
-  assert cosine > 0.95
-
-  trained = training.replicate(after['float32'])  # BatchNorm averages filled in.
-  eval_f32 = training.make_eval_step(model_config)
-  reference = np.asarray(eval_f32(trained.params, trained.state, batch['inputs']))
-  eval_bf16 = training.make_eval_step(model_config, compute_dtype='bfloat16')
-  assert 'bf16' in eval_bf16.lower(trained.params, trained.state, batch['inputs']).as_text()
-  predictions = np.asarray(eval_bf16(trained.params, trained.state, batch['inputs']))
-  np.testing.assert_allclose(predictions, reference, rtol=0.05)
-  assert not np.array_equal(predictions, reference)
-
-
 def test_steps_of_different_dtypes_in_one_process_do_not_share_a_policy():
   """Haiku's mixed-precision policies are global: a bfloat16 step built before a float32
   one and traced after it must still run in bfloat16, and the float32 one in float32."""
-  from enformer_small import config
-  model_config = config.seed_config(85)
-  start = training.replicate(training.init_train_state(
-      model_config, training.make_optimizer(), jax.random.PRNGKey(0)))
+  model_config, _, state = seed_start()
+  start = training.replicate(state)
   inputs = training.shard_batch(np.zeros((jax.local_device_count(), 2, 85, 4),
                                          np.float32))
   eval_bf16 = training.make_eval_step(model_config, compute_dtype='bfloat16')
@@ -146,29 +108,11 @@ def test_steps_of_different_dtypes_in_one_process_do_not_share_a_policy():
   assert 'bf16' not in eval_f32.lower(start.params, start.state, inputs).as_text()
 
 
-def _tiny_config(tmp, name, **overrides):
-  fields = dict(
-      run_dir=str(tmp / name), synthetic_rows=300, synthetic_seed=3,
-      synthetic_dir=str(tmp / 'data'), data_cache_dir=str(tmp / 'cache'),
-      num_holdout=60, split_seed=1, batch_size=48, eval_batch_size=64,
-      learning_rate=0.01, momentum=0.9, num_epochs=2, seed=5, keep_checkpoints=1)
-  fields.update(overrides)
-  return train_lib.TrainConfig(**fields)
+# ---------------------------------------------------------------------------
+# tiny_run's run again, stopped within its epoch, and resumed.
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  """An uninterrupted 2-epoch run, and 1 epoch + a resumed second epoch."""
-  tmp = tmp_path_factory.mktemp('train')
-  whole = train_lib.train(_tiny_config(tmp, 'whole'), verbose=False)
-  first = train_lib.train(_tiny_config(tmp, 'split', num_epochs=1), verbose=False)
-  # The stopped run, copied for the NaN test to resume from.
-  shutil.copytree(tmp / 'split', tmp / 'nan')
-  resumed = train_lib.train(_tiny_config(tmp, 'split'), resume=True, verbose=False)
-  return dict(tmp=tmp, whole=whole, first=first, resumed=resumed)
-
-
-def _assert_same_train_state(a, b):
+def assert_same_train_state(a, b):
   """Bit for bit: parameters, BatchNorm state, optimizer state, rng and step."""
   for name in ('params', 'state', 'opt_state', 'rng', 'step'):
     x, y = getattr(a, name), getattr(b, name)
@@ -177,275 +121,188 @@ def _assert_same_train_state(a, b):
       np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
 
 
-def _without_timings(history):
+def without_timings(history):
   return [{k: v for k, v in r.items() if 'second' not in k and 'per_s' not in k}
           for r in history]
 
 
-def _metrics_file(run_dir):
-  return _without_timings([json.loads(line) for line in
-                           (pathlib.Path(run_dir) / 'metrics.jsonl').read_text()
-                           .splitlines()])
+def metrics_file(run_dir):
+  return without_timings([json.loads(line) for line in
+                          (pathlib.Path(run_dir) / run_files.METRICS_FILE).read_text()
+                          .splitlines()])
 
 
-def _files(directory):
+def files_under(directory):
   """{relative path: bytes} of every file under `directory`."""
   directory = pathlib.Path(directory)
   return {str(p.relative_to(directory)): p.read_bytes()
           for p in sorted(directory.rglob('*')) if p.is_file()}
 
 
-def test_resumed_run_equals_uninterrupted_run(runs):
-  """1 epoch, stop, --resume for the 2nd: the same parameters, state, optimizer, rng."""
-  whole, resumed = runs['whole'].train_state, runs['resumed'].train_state
-  _assert_same_train_state(whole, resumed)
-  assert int(whole.step) == 2 * 15  # 240 rows x 3 shifts / 48 per step, 2 epochs
-  assert (_without_timings(runs['whole'].history) ==
-          _without_timings(runs['resumed'].history))
-
-
 @pytest.fixture(scope='module')
-def stopped_within_an_epoch(runs):
-  """The 'whole' run saving after every step, stopped by NaN targets at global step 19
-  (epoch 2, step 5 of 15) after its save of step 19 (4 steps into epoch 2)."""
-  config = _tiny_config(runs['tmp'], 'within', keep_checkpoints=2)
-  with pytest.raises(train_lib.NonFiniteError), nan_targets_at(19):
-    train_lib.train(config, save_every_minutes=1e-9, verbose=False)
-  return runs['tmp'] / 'within'
+def stopped(tiny_run, tmp_path_factory):
+  """tiny_run's run again in a new directory, saving after every step, stopped by NaN
+  targets at global step 2 (step 3 of 15) after its save of step 2. It compiles
+  nothing: its steps are tiny_run's (`train_plan._COMPILED`)."""
+  config, _ = tiny_run
+  compiled = set(train_plan._COMPILED)
+  config = dataclasses.replace(
+      config, run_dir=str(tmp_path_factory.mktemp('stopped') / 'run'))
+  with pytest.raises(NonFiniteError) as info, nan_targets_at(2):
+    trainer.train(config, trainer.RunOptions(save_every_minutes=1e-9, log_every_steps=0))
+  assert set(train_plan._COMPILED) == compiled
+  return dict(config=config, message=str(info.value),
+              files=files_under(config.run_dir))
 
 
-def test_saves_within_an_epoch_hold_the_position_and_predictions(stopped_within_an_epoch):
-  saver = checkpointer.Checkpointer(stopped_within_an_epoch)
-  assert saver.steps() == [15, 19]  # Epoch 1's end and the newest save (keep 2).
+def test_nan_loss_stops_the_run_and_keeps_its_last_save_within_the_epoch(stopped):
+  """The message names the epoch, the step and the last good checkpoint; that save
+  holds the position and the predictions of the steps before it; nothing of the epoch
+  (metrics, best checkpoint) was written."""
+  run_dir = pathlib.Path(stopped['config'].run_dir)
+  message = stopped['message']
+  assert 'the loss became nan in epoch 1, step 3 of 15' in message
+  assert f'the last good checkpoint is {run_dir / "checkpoints" / "2"}' in message
+  saver = checkpointer.Checkpointer(run_dir)
+  assert saver.steps() == [2]  # The newest save within the epoch only.
   restored = saver.restore_latest()
-  assert (restored.checkpoint.epoch, restored.checkpoint.step) == (1, 19)
-  assert restored.progress.steps == 4
-  assert restored.progress.predictions.shape == (4 * 48,)
-  assert [m['epoch'] for m in restored.checkpoint.metrics] == [1]
+  assert (restored.checkpoint.epoch, restored.checkpoint.step) == (0, 2)
+  assert restored.progress.steps == 2
+  assert restored.progress.predictions.shape == (2 * 32,)
+  assert not restored.checkpoint.metrics
+  assert not (run_dir / run_files.METRICS_FILE).exists()
+  assert not (run_dir / checkpoint.BEST_NAME).exists()
 
 
-def test_resume_within_an_epoch_equals_the_uninterrupted_run(
-    runs, stopped_within_an_epoch, tmp_path):
-  """--resume continues at step 5 of epoch 2: the final state, the history and
-  metrics.jsonl (but for timings) equal the uninterrupted run's, bit for bit."""
-  run_dir = tmp_path / 'resumed_within'
-  shutil.copytree(stopped_within_an_epoch, run_dir)
-  resumed = train_lib.train(_tiny_config(tmp_path, 'resumed_within'), resume=True,
-                            verbose=False)
-  _assert_same_train_state(runs['whole'].train_state, resumed.train_state)
-  assert (_without_timings(runs['whole'].history) ==
-          _without_timings(resumed.history))
-  assert _metrics_file(run_dir) == _metrics_file(runs['whole'].run_dir)
-  assert checkpointer.Checkpointer(run_dir).steps() == [30]
+def test_resume_within_an_epoch_equals_the_uninterrupted_run(tiny_run, stopped, tmp_path,
+                                                             caplog):
+  """--resume continues at step 3 of the epoch (random shifts, both strands, EMA,
+  BatchNorm recalibration): the final state, the history and metrics.jsonl (but for
+  timings) equal tiny_run's uninterrupted run, bit for bit; nothing is compiled again."""
+  config, uninterrupted = tiny_run
+  run_dir = tmp_path / 'resumed'
+  shutil.copytree(stopped['config'].run_dir, run_dir)
+  compiled = set(train_plan._COMPILED)
+  with caplog.at_level(logging.INFO, logger='enformer_small'):
+    resumed = trainer.train(dataclasses.replace(config, run_dir=str(run_dir)),
+                            trainer.RunOptions(resume=True, log_every_steps=0))
+  assert set(train_plan._COMPILED) == compiled
+  assert (f'resuming from {run_dir / "checkpoints" / "2"}: epoch 0, step 2 (2 of the '
+          '15 steps of epoch 1 done)') in caplog.messages
+  assert_same_train_state(uninterrupted.train_state, resumed.train_state)
+  assert without_timings(uninterrupted.history) == without_timings(resumed.history)
+  assert metrics_file(run_dir) == metrics_file(config.run_dir)
+  assert checkpointer.Checkpointer(run_dir).steps() == [15]
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'flip_bytes'])
-def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
-    runs, stopped_within_an_epoch, tmp_path, capsys, damage):
-  """The save of step 19 damaged: a warning names it and why; the run resumes from the
-  save of step 18 and still ends as the uninterrupted run."""
-  run_dir = tmp_path / 'damaged'
-  shutil.copytree(stopped_within_an_epoch, run_dir)
-  newest = run_dir / 'checkpoints' / '19'
-  damage_save(newest, damage)
-  resumed = train_lib.train(_tiny_config(tmp_path, 'damaged'), resume=True,
-                            verbose=False)
-  warnings = [line for line in capsys.readouterr().err.splitlines()
-              if line.startswith('warning:')]
-  assert len(warnings) == 1
-  assert f'warning: skipping a damaged checkpoint: {newest}:' in warnings[0]
-  _assert_same_train_state(runs['whole'].train_state, resumed.train_state)
-  assert _metrics_file(run_dir) == _metrics_file(runs['whole'].run_dir)
+def test_resume_refuses_other_recipe_flags_and_a_schedule_of_another_length(tiny_run):
+  """The flags a checkpoint recorded against the run that would continue it: paths and
+  the epoch count may change; the recipe may not, nor the epoch count when the
+  learning-rate schedule spans the run."""
+  config, _ = tiny_run
+  best = checkpoint.load_checkpoint(os.path.join(config.run_dir, checkpoint.BEST_NAME))
+  saved = best.extra['train_config']
+  assert saved == config.to_json_dict()
+  resume.check_resume_config(saved, config, best.path)
+  resume.check_resume_config(saved, dataclasses.replace(
+      config, run_dir='elsewhere', num_epochs=3, eval_batch_size=7), best.path)
+  with pytest.raises(TrainingError, match=r'--learning_rate: checkpoint 0\.002, now 0\.1'):
+    resume.check_resume_config(saved, dataclasses.replace(config, learning_rate=0.1),
+                               best.path)
+  with pytest.raises(TrainingError, match='--ema_decay'):
+    resume.check_resume_config(saved, dataclasses.replace(config, ema_decay=0.5),
+                               best.path)
+  one_cycle = dataclasses.replace(config, schedule='one_cycle')
+  with pytest.raises(TrainingError, match='num_epochs.*schedule'):
+    resume.check_resume_config(one_cycle.to_json_dict(),
+                               dataclasses.replace(one_cycle, num_epochs=3), best.path)
 
 
-def test_tensorboard_event_files_hold_every_epoch_metric_and_the_step_values(runs):
+def test_tensorboard_event_files_hold_every_epoch_metric_and_the_step_values(tiny_run):
   """Read back with TensorBoard's own reader: each per-epoch metric at the epoch's last
-  global step (15, 30), and every 10 steps the step loss, learning rate and seq/s."""
-  scalars = summaries.read_scalars(runs['whole'].run_dir)
-  history = runs['whole'].history
+  global step (15), and every 10 steps the step loss, learning rate and seq/s."""
+  config, result = tiny_run
+  scalars = summaries.read_scalars(config.run_dir)
+  history = result.history
   for tag in summaries.flatten_scalars(history[0]):
     expected = [(r['step'], np.float32(summaries.flatten_scalars(r)[tag]))
                 for r in history]
     assert [(step, np.float32(v)) for step, v in scalars[tag]] == expected, tag
   for tag in ('step/loss', 'step/learning_rate', 'step/seq_per_s'):
-    assert [step for step, _ in scalars[tag]] == [10, 20, 30], tag
-  assert [v for _, v in scalars['step/learning_rate']] == [np.float32(0.01)] * 3
+    assert [step for step, _ in scalars[tag]] == [10], tag
+  assert [v for _, v in scalars['step/learning_rate']] == [np.float32(0.002)]
   assert all(v > 0 for _, v in scalars['step/seq_per_s'])
 
 
-def test_run_directory_holds_metrics_plot_and_checkpoints(runs):
-  run_dir = pathlib.Path(runs['whole'].run_dir)
+def test_run_directory_holds_metrics_plot_and_checkpoints(tiny_run):
+  config, result = tiny_run
+  run_dir = pathlib.Path(config.run_dir)
   records = [json.loads(line) for line in
-             (run_dir / 'metrics.jsonl').read_text().splitlines()]
-  assert [r['epoch'] for r in records] == [1, 2]
+             (run_dir / run_files.METRICS_FILE).read_text().splitlines()]
+  assert [r['epoch'] for r in records] == [1]
   for record in records:
-    for part in ('train', 'holdout'):
-      assert set(record[part]) >= {'loss', 'mse', 'mae', 'pearson', 'spearman'}
-    assert record['holdout']['n'] == 60
-    assert record['train']['n'] == 15 * 48
+    assert set(record['train']) >= {'mse', 'mae', 'pearson', 'spearman'}
+    assert set(record['holdout']) >= {'mse', 'mae', 'pearson', 'spearman'}
+    assert 'loss' not in record['holdout']  # Soft bins: the bins' logits are not kept.
+    assert record['holdout']['n'] == 100
+    assert record['train']['n'] == 15 * 32
     assert record['train_seq_per_s'] > 0
-  assert (run_dir / 'pearson.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  # keep_checkpoints=1: only the last epoch (global step 30), plus the best one.
-  assert checkpointer.Checkpointer(run_dir).steps() == [30]
-  best = checkpoint.load_checkpoint(checkpoint.best_checkpoint_path(run_dir))
-  assert best.epoch == runs['whole'].best_epoch
-  assert best.extra['crop_start'] == 15
-  assert best.extra['train_config']['batch_size'] == 48
-  last = checkpointer.Checkpointer(run_dir).restore_latest().checkpoint
-  assert [m['epoch'] for m in last.metrics] == [1, 2]
+    assert record['best_epoch'] == 1
+  assert (run_dir / run_files.PLOT_FILE).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  best = checkpoint.load_checkpoint(checkpoint.best_checkpoint_path(str(run_dir)))
+  assert best.epoch == result.best_epoch == 1
+  assert best.extra['crop_start'] == 10 and best.extra['best_epoch'] == 1
+  assert best.extra['train_config']['batch_size'] == 32
+  assert best.extra['data']['num_rows'] == 600 and best.extra['data']['content_hash']
 
 
-def test_a_bfloat16_run_trains_and_writes_float32_checkpoints(runs):
-  """train(compute_dtype='bfloat16'): finite metrics near the float32 run's first epoch,
-  a checkpoint of float32 parameters and BatchNorm averages."""
-  result = train_lib.train(_tiny_config(runs['tmp'], 'bf16', num_epochs=1,
-                                        compute_dtype='bfloat16'), verbose=False)
-  f32_loss = runs['first'].history[0]['train']['loss']
-  assert result.history[0]['train']['loss'] == pytest.approx(f32_loss, rel=0.02)
-  assert np.isfinite(result.history[0]['holdout']['pearson'])
-  best = checkpoint.load_checkpoint(checkpoint.best_checkpoint_path(result.run_dir))
-  assert _float_dtypes(best.params, best.state) == {'float32'}
+# ---------------------------------------------------------------------------
+# The parts of a run, one at a time.
 
 
-def test_best_epoch_is_the_one_with_the_best_holdout_pearson(runs):
-  history = runs['whole'].history
-  best = max(history, key=lambda r: r['holdout']['pearson'])
-  assert runs['whole'].best_epoch == best['epoch']
+def test_best_epoch_skips_non_finite_held_out_pearsons():
+  history = [dict(epoch=e, holdout=dict(pearson=r))
+             for e, r in enumerate([0.5, float('nan'), 0.7, None, 0.6], 1)]
+  assert run_files.best_of(history) == (3, 0.7)
+  assert run_files.best_of([]) == (0, -math.inf)
 
 
-def test_resume_with_other_recipe_flags_is_refused(runs):
-  config = _tiny_config(runs['tmp'], 'split', learning_rate=0.1, num_epochs=3)
-  with pytest.raises(train_lib.TrainingError, match='learning_rate'):
-    train_lib.train(config, resume=True, verbose=False)
+def test_the_epoch_line_names_each_metric_and_the_best_epoch():
+  record = dict(epoch=2, train=dict(loss=0.5, pearson=0.25),
+                holdout=dict(mse=1.5, mae=1.0, pearson=0.75, spearman=0.5,
+                             per_target=dict(x=dict(pearson=0.5), y=dict(pearson=1.0))),
+                train_seq_per_s=123.4, epoch_seconds=9.6)
+  assert run_files.epoch_line(record, 3, is_best=True) == (
+      'epoch 2/3: train loss 0.5000 r 0.2500 | held-out mse 1.500 mae 1.000 r 0.7500 '
+      'rho 0.5000 (r per target: x 0.5000 y 1.0000) | 123 seq/s, 10 s [best]')
 
 
-def test_existing_run_directory_is_not_overwritten_without_asking(runs):
-  with pytest.raises(train_lib.TrainingError, match='--resume'):
-    train_lib.train(_tiny_config(runs['tmp'], 'whole'), verbose=False)
+def test_several_targets_are_scored_each_and_by_their_mean():
+  config = TrainConfig(table_file='own.tsv', target_columns=('x', 'y'),
+                       sequence_length=110, loss='mse')
+  rng = np.random.default_rng(0)
+  pred, target = rng.normal(size=(50, 2)), rng.normal(size=(50, 2))
+  out = evaluation.summarise_targets(pred, target, config)
+  assert set(out['per_target']) == {'x', 'y'} and out['n'] == 50
+  for i, name in enumerate('xy'):
+    assert out['per_target'][name] == evaluation.summarise(pred[:, i], target[:, i], 'mse')
+  for key in ('loss', 'mse', 'mae', 'pearson', 'spearman'):
+    assert out[key] == pytest.approx(np.mean([out['per_target'][t][key] for t in 'xy']))
+  assert out['loss'] == out['mse']
+  assert evaluation.per_row(np.zeros((2, 3, 2)), config).shape == (6, 2)
+  one = dataclasses.replace(config, target_columns=('x',))
+  assert evaluation.per_row(np.zeros((2, 3)), one).shape == (6,)
+  assert 'per_target' not in evaluation.summarise_targets(pred[:, 0], target[:, 0], one)
 
 
-def test_overwrite_starts_afresh_without_the_old_checkpoints_and_curves(runs, tmp_path):
-  run_dir = tmp_path / 'again'
-  shutil.copytree(runs['whole'].run_dir, run_dir)
-  result = train_lib.train(_tiny_config(tmp_path, 'again', num_epochs=1),
-                           overwrite=True, verbose=False)
-  assert checkpointer.Checkpointer(run_dir).steps() == [15]
-  assert len([p for p in os.listdir(run_dir) if p.startswith('events.out')]) == 1
-  assert [s for s, _ in summaries.read_scalars(run_dir)['holdout/pearson']] == [15]
-  assert (_without_timings(result.history) ==
-          _without_timings(runs['first'].history))
-
-
-def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(runs):
-  """NaN targets in epoch 2 (global step 17 = epoch 2, step 3): stop, save nothing."""
-  tmp = runs['tmp']
-  run_dir = tmp / 'nan'  # a copy of a run stopped after epoch 1
-  ckpt_path = run_dir / 'checkpoints' / '15'
-  before = _files(ckpt_path)
-  best_before = pathlib.Path(checkpoint.best_checkpoint_path(run_dir)).read_bytes()
-  with pytest.raises(train_lib.NonFiniteError) as info, nan_targets_at(17):
-    train_lib.train(_tiny_config(tmp, 'nan'), resume=True, verbose=False)
-  message = str(info.value)
-  assert 'epoch 2, step 3 of 15' in message and 'nan' in message
-  assert str(ckpt_path) in message
-  assert _files(ckpt_path) == before
-  best = pathlib.Path(checkpoint.best_checkpoint_path(run_dir))
-  assert best.read_bytes() == best_before
-  assert checkpointer.Checkpointer(run_dir).steps() == [15]
-  assert len((run_dir / 'metrics.jsonl').read_text().splitlines()) == 1
-
-
-# A few steps of the pmapped train step on one global batch, written to an .npz; run
-# in a subprocess because the device count is fixed when jax starts.
-_STEPS_SCRIPT = textwrap.dedent('''
-    import sys
-    import jax
-    import numpy as np
-    from enformer_small import config, training
-    out, num_steps, global_batch = sys.argv[1], int(sys.argv[2]), 32
-    model_config = config.seed_config(85).without_dropout()
-    optimizer = training.make_optimizer(0.01, 0.9)
-    init = training.init_train_state(model_config, optimizer, jax.random.PRNGKey(0))
-    state = training.replicate(init)
-    step = training.make_train_step(model_config, optimizer)
-    d = jax.local_device_count()
-    rng = np.random.default_rng(0)
-    for i in range(num_steps):
-      codes = rng.integers(0, 4, (global_batch, 85))
-      inputs = np.eye(4, dtype=np.float32)[codes]
-      targets = rng.uniform(0, 17, (global_batch, 1)).astype(np.float32)
-      batch = {'inputs': inputs.reshape(d, global_batch // d, 85, 4),
-               'targets': targets.reshape(d, global_batch // d, 1)}
-      state, metrics = step(state, training.shard_batch(batch))
-    host = training.unreplicate(state)
-    leaves = {}
-    for prefix, tree in (('params', host.params), ('state', host.state),
-                         ('init', jax.device_get(init.params))):
-      for module, values in tree.items():
-        for name, value in values.items():
-          leaves[prefix + ':' + module + ':' + name] = value
-    leaves['loss'] = np.asarray(metrics['loss'])[0]
-    np.savez(out, **leaves)
-    print('devices', d)
-''')
-
-
-def _start_steps(out, devices, num_steps):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      f' --xla_force_host_platform_device_count={devices}').strip()
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')])
-  return subprocess.Popen([sys.executable, '-c', _STEPS_SCRIPT, str(out), str(num_steps)],
-                          env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def test_two_devices_give_the_same_update_as_one(tmp_path):
-  """One global batch of 32 split over 2 CPU devices: gradients and BatchNorm batch
-  statistics are averaged across devices (pmean), so the parameters and the BatchNorm
-  moving averages after the step match those of 1 device (dropout off).
-
-  One step: a second one multiplies float32 rounding differences by ~100 (the Poisson
-  loss's y / pred is steep where the first step left the predictions), which would
-  blur the comparison, not the rule.
-  """
-  outs = {d: tmp_path / f'devices{d}.npz' for d in (1, 2)}
-  procs = {d: _start_steps(outs[d], d, num_steps=1) for d in (1, 2)}
-  for d, proc in procs.items():
-    stdout, stderr = proc.communicate(timeout=900)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert f'devices {d}' in stdout
-  one, two = np.load(outs[1]), np.load(outs[2])
-  assert sorted(one.files) == sorted(two.files)
-  assert any(k.startswith('state:') for k in one.files)
-  moved = [k for k in one.files if k.startswith('params:') and
-           not np.array_equal(one[k], one['init:' + k[len('params:'):]])]
-  assert len(moved) > 0.5 * sum(k.startswith('params:') for k in one.files)
-  for key in one.files:
-    np.testing.assert_allclose(one[key], two[key], rtol=1e-5, atol=1e-5, err_msg=key)
-
-
-def test_a_two_target_table_resumed_within_an_epoch_equals_the_uninterrupted_run(tmp_path):
-  """Saves within an epoch keep the per-target predictions ([rows, targets]) too."""
-  from enformer_small import synthetic
-  rows = synthetic.generate(synthetic.SyntheticConfig(num_rows=200, seed=3))
-  table = tmp_path / 'own.tsv'
-  table.write_text('sequence\tx\ty\n' + ''.join(
-      f'{s}\t{v}\t{17 - v}\n' for s, v in zip(rows.sequences(), rows.expression)))
-
-  def config(name, **overrides):
-    return train_lib.TrainConfig(
-        run_dir=str(tmp_path / name), table_file=str(table), target_columns=('x', 'y'),
-        sequence_length=110, pad_sequences=True, input_length=110, shifts=(0,),
-        dropout=False, batch_size=32, eval_batch_size=64, num_holdout=40, num_epochs=1, seed=5,
-        keep_checkpoints=2, data_cache_dir=str(tmp_path / 'cache'), **overrides)
-
-  whole = train_lib.train(config('whole'), verbose=False)
-  with pytest.raises(train_lib.NonFiniteError), nan_targets_at(3):
-    train_lib.train(config('within'), save_every_minutes=1e-9, verbose=False)
-  restored = checkpointer.Checkpointer(tmp_path / 'within').restore_latest()
-  assert restored.progress.predictions.shape == (3 * 32, 2)
-  resumed = train_lib.train(config('within'), resume=True, verbose=False)
-  _assert_same_train_state(whole.train_state, resumed.train_state)
-  assert _without_timings(whole.history) == _without_timings(resumed.history)
+def test_a_plan_counts_the_steps_and_refuses_data_without_a_full_batch(tiny_run):
+  """tiny_run's recipe (random shifts: each row once an epoch) on its 500 training
+  rows: 15 full batches of 32; on 31 rows, none."""
+  config, _ = tiny_run
+  plan = train_plan.make_plan(config, 500)
+  assert (plan.steps_per_epoch, plan.total_steps) == (15, 15)
+  assert plan.eval_batch_size == 64 and plan.pipeline.crop_start == 10
+  assert plan.pipeline.one_hot_dtype == 'uint8'
+  with pytest.raises(train_plan.PlanError, match='31 training rows x 1 shift.s. hold no '
+                     'full batch of 32: lower --batch_size'):
+    train_plan.make_plan(config, 31)

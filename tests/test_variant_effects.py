@@ -5,18 +5,17 @@
 - A table of edits (substitutions, insertions, deletions) gives what the pairs built by
   hand give; a ref that does not match the sequence, and every other bad line, is one
   error naming the file and line.
-- On the real test set (skips without ../shared), the DREAM SNV, motif perturbation and
-  motif tiling pairs scored as pairs give the official scorer's per-subset correlations
-  on per-sequence predictions (public pairs by default; the private ones in the slow
-  tier), with the seed's converted TF/Sonnet model.
-- The command writes those effects, from a converted checkpoint too.
+- Both sequences of a pair go through the one inference path (`inference.Predictor`:
+  the checkpoint's window [15:100] of the 110 bp encoding here); positions are those of
+  the sequence.
+- The command (in this process) writes those effects, from a converted checkpoint too.
+- Slow tier (test_slow_variant_effects.py): on the real test set (skips without
+  ../shared), the DREAM SNV, motif perturbation and motif tiling pairs scored as pairs
+  give the official scorer's per-subset correlations on per-sequence predictions, with
+  the seed's converted TF/Sonnet model; the command on the command line.
 """
 
 import gzip
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,13 +24,14 @@ from enformer_small import attribution
 from enformer_small import checkpoint
 from enformer_small import config as config_lib
 from enformer_small import dream_data
-from enformer_small import metrics
+from enformer_small import inference
 from enformer_small import model as model_lib
-from enformer_small import scoring
 from enformer_small import variant_effects
+import in_process
+from random_model import converted_seed_model, random_variables
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLANK_5, FLANK_3 = dream_data.FLANK_5, dream_data.FLANK_3
+BATCH = 64  # Rows per forward pass, as in test_attribution.py: one compilation.
 
 
 def random_sequences(n, seed):
@@ -42,7 +42,6 @@ def random_sequences(n, seed):
 @pytest.fixture(scope='module')
 def random_checkpoint(tmp_path_factory):
   """A saved 85 bp model with random, non-trivial weights and BatchNorm averages."""
-  from test_attribution import random_variables  # pytest puts tests/ on the path
   config = config_lib.seed_config(85)
   params, state = random_variables(config, seed=3)
   path = tmp_path_factory.mktemp('variants') / 'random.npz'
@@ -53,17 +52,29 @@ def random_checkpoint(tmp_path_factory):
 @pytest.fixture(scope='module')
 def converted_checkpoint(seed_fixtures_dir, tmp_path_factory):
   """The seed's TF/Sonnet fixture model, converted and saved as experiments.convert does."""
-  from enformer_small import convert
-  config = config_lib.seed_config(85)
-  params, state = convert.convert_checkpoint(str(seed_fixtures_dir / 'checkpoint' / 'ckpt'),
-                                             config)
+  config, params, state = converted_seed_model(
+      str(seed_fixtures_dir / 'checkpoint' / 'ckpt'))
   path = tmp_path_factory.mktemp('converted') / 'seed_85bp.npz'
   checkpoint.save_checkpoint(path, params=params, state=state, model_config=config)
   return checkpoint.load_checkpoint(path)
 
 
-def scorer_of(ckpt, **kwargs):
-  return attribution.enformer_scorer(ckpt.model_config, ckpt.params, ckpt.state, **kwargs)
+def predictor_of(ckpt, batch_size=BATCH, **options):
+  """The checkpoint's predictor (its window, shifts and strands unless overridden)."""
+  return inference.from_checkpoint(
+      ckpt, inference.InferenceOptions(batch_size=batch_size, **options))
+
+
+def model_alone(ckpt, x):
+  """float32 [N, 1]: `model.predict_fn` of each one-hot window [N, 85, 4] on its own
+  (the compilation test_attribution's brute-force ISM makes too)."""
+  predict = model_lib.predict_fn(ckpt.model_config)
+  return np.concatenate([np.asarray(predict(ckpt.params, ckpt.state, w[None])) for w in x])
+
+
+def window_codes(sequences):
+  """The 85 bp window [15:100] of the 110 bp encodings, by hand."""
+  return dream_data.encode_sequences(list(sequences))[:, 15:100]
 
 
 # ---------------------------------------------------------------------------
@@ -72,12 +83,15 @@ def scorer_of(ckpt, **kwargs):
 
 def test_snv_effects_equal_the_matching_ism_entries(random_checkpoint):
   ckpt = random_checkpoint
-  window = variant_effects.Window.of_checkpoint(ckpt)
+  predictor = predictor_of(ckpt)
+  window = predictor.windows
   assert (window.start, window.length) == (15, 85)
+  np.testing.assert_array_equal(np.flatnonzero(predictor.covered()), np.arange(15, 100))
   sequences = random_sequences(2, seed=4)
-  scorer = scorer_of(ckpt)
-  x = dream_data.one_hot(window.codes(sequences))
-  ism = attribution.ism(scorer, x)
+  x = dream_data.one_hot(predictor.layout.encode(sequences).codes)
+  ism = attribution.ism(predictor, x)
+  assert ism.shape == (2, 110, 4, 1)
+  assert (ism[:, :15] == 0).all() and (ism[:, 100:] == 0).all()
   edits, expected = [], []
   for n, position, base in [(0, 16, 'A'), (0, 60, 'C'), (1, 100, 'G'), (1, 17, 'T'),
                             (1, 58, 'A'), (0, 99, 'G')]:
@@ -85,19 +99,18 @@ def test_snv_effects_equal_the_matching_ism_entries(random_checkpoint):
     if ref == base:
       base = 'ACGT'[('ACGT'.index(base) + 1) % 4]
     edits.append(variant_effects.Edit(sequences[n], position, ref, base))
-    expected.append(ism[n, position - 1 - window.start, 'ACGT'.index(base), 0])
-  effects = variant_effects.edit_effects(scorer, edits, window)
+    expected.append(ism[n, position - 1, 'ACGT'.index(base), 0])  # sequence position
+  effects = variant_effects.edit_effects(predictor, edits)
   assert np.abs(expected).min() > 0
   np.testing.assert_allclose(effects.effect[:, 0], expected, rtol=0, atol=2e-5)
   assert effects.window_changed.all()
   outside = variant_effects.Edit(sequences[0], 5, sequences[0][4], 'N')
-  effects = variant_effects.edit_effects(scorer, [outside], window)
+  effects = variant_effects.edit_effects(predictor, [outside])
   assert effects.effect[0, 0] == 0 and not effects.window_changed[0]
 
 
 def test_edits_table_equals_the_pairs_built_by_hand(random_checkpoint, tmp_path):
   ckpt = random_checkpoint
-  window = variant_effects.Window.of_checkpoint(ckpt)
   s, t = random_sequences(2, seed=5)
   lines = ['# a comment', 'sequence\tposition\tref\talt',
            f'{s}\t30\t{s[29]}\t{"C" if s[29] != "C" else "G"}',  # SNV
@@ -114,29 +127,25 @@ def test_edits_table_equals_the_pairs_built_by_hand(random_checkpoint, tmp_path)
              (t, t[:19] + t[24:]),
              (t.lower(), t.lower()[:109] + 'A')]
   assert [(e.sequence, e.apply()) for e in edits] == by_hand
-  scorer = scorer_of(ckpt)
-  from_table = variant_effects.edit_effects(scorer, edits, window)
-  from_pairs = variant_effects.pair_effects(scorer, *zip(*by_hand), window)
+  predictor = predictor_of(ckpt)
+  from_table = variant_effects.edit_effects(predictor, edits)
+  from_pairs = variant_effects.pair_effects(predictor, *zip(*by_hand))
   np.testing.assert_array_equal(from_table.effect, from_pairs.effect)
   np.testing.assert_array_equal(from_table.ref, from_pairs.ref)
   # Each prediction is the model's own on that window.
-  direct = np.asarray(model_lib.predict_fn(ckpt.model_config)(
-      ckpt.params, ckpt.state, dream_data.one_hot(window.codes([p[1] for p in by_hand]))))
+  direct = model_alone(ckpt, dream_data.one_hot(window_codes([p[1] for p in by_hand])))
   np.testing.assert_allclose(from_table.alt, direct, rtol=1e-5, atol=1e-5)
   assert not np.allclose(from_table.effect, 0)
 
 
 def test_reverse_complement_average_is_the_mean_of_both_strands(random_checkpoint):
   ckpt = random_checkpoint
-  window = variant_effects.Window.of_checkpoint(ckpt)
   refs, alts = random_sequences(3, seed=6), random_sequences(3, seed=7)
-  both = variant_effects.pair_effects(scorer_of(ckpt, reverse_complement_average=True),
-                                      refs, alts, window)
-  predict = model_lib.predict_fn(ckpt.model_config)
+  both = variant_effects.pair_effects(
+      predictor_of(ckpt, reverse_complement_average=True), refs, alts)
   def strands(sequences):
-    x = dream_data.one_hot(window.codes(sequences))
-    return (np.asarray(predict(ckpt.params, ckpt.state, x))
-            + np.asarray(predict(ckpt.params, ckpt.state, x[:, ::-1, ::-1]))) / 2
+    x = dream_data.one_hot(window_codes(sequences))
+    return (model_alone(ckpt, x) + model_alone(ckpt, x[:, ::-1, ::-1])) / 2
   np.testing.assert_allclose(both.effect, strands(alts) - strands(refs), rtol=0, atol=1e-5)
 
 
@@ -205,82 +214,50 @@ def test_read_sequences_fasta_plain_and_dream(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The real test set: pair subsets through variant_effects = the official scorer.
+# The command, in this process.
 
 
-def _pair_subset_check(shared_dir, ckpt, split_name):
-  splits = scoring.load_official_splits(shared_dir / 'test_subsets',
-                                        shared_dir / 'public_leaderboard')
-  test = scoring.read_test_set(shared_dir / 'test_71103_measured.tsv')
-  split = splits.split(split_name)
-  pairs = {name: split[name].rows for name in sorted(scoring.PAIR_SUBSETS)}
-  rows = np.unique(np.concatenate([p.reshape(-1) for p in pairs.values()]))
-  window = variant_effects.Window.of_checkpoint(ckpt)
-  # Per-sequence predictions by the plain model call, then the official scorer.
-  predict = model_lib.predict_fn(ckpt.model_config)
-  sequences = np.array(test.sequences)
-  per_row = np.full(len(sequences), np.nan)
-  for lo in range(0, rows.size, 1000):
-    chunk = rows[lo:lo + 1000]
-    x = dream_data.one_hot(window.codes(sequences[chunk]))
-    per_row[chunk] = np.asarray(predict(ckpt.params, ckpt.state, x))[:, 0]
-  scorer = scorer_of(ckpt)
-  for name, subset_pairs in pairs.items():
-    official = scoring.subset_score(per_row, test.measured, split[name])
-    effects = variant_effects.pair_effects(scorer, sequences[subset_pairs[:, 1]],
-                                           sequences[subset_pairs[:, 0]], window)
-    measured = test.measured[subset_pairs[:, 0]] - test.measured[subset_pairs[:, 1]]
-    r = metrics.pearson_r(effects.effect[:, 0], measured)
-    rho = metrics.spearman_rho(effects.effect[:, 0], measured)
-    assert abs(official.r) > 0.01, name
-    assert r == pytest.approx(official.r, abs=2e-5), name
-    assert rho == pytest.approx(official.rho, abs=2e-4), name
+def run_command(capsys, *args):
+  """experiments.variant_effects's main: (exit status, stdout, stderr)."""
+  from experiments import variant_effects as command
+  with in_process.command_flags(command, *args):
+    try:
+      command.main(['prog'])
+      status = 0
+    except SystemExit as e:
+      status = e.code
+  out, err = capsys.readouterr()
+  return status, out, err
 
 
-def test_public_pair_subsets_score_as_the_official_scorer(shared_dir, converted_checkpoint):
-  _pair_subset_check(shared_dir, converted_checkpoint, 'public')
-
-
-@pytest.mark.slow
-def test_private_pair_subsets_score_as_the_official_scorer(shared_dir,
-                                                            converted_checkpoint):
-  _pair_subset_check(shared_dir, converted_checkpoint, 'private')
-
-
-# ---------------------------------------------------------------------------
-# The command.
-
-
-def run_module(module, *args):
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def test_command_writes_the_effects_of_a_converted_checkpoint(converted_checkpoint,
-                                                              tmp_path):
-  ckpt = converted_checkpoint
-  s, t = random_sequences(2, seed=8)
-  edits = tmp_path / 'edits.tsv'
-  edits.write_text(f'{s}\t30\t{s[29]}\tN\n{t}\t3\t{t[2]}\tA\n{t}\t60\t-\tAC\n')
-  out = tmp_path / 'effects.tsv'
-  result = run_module('experiments.variant_effects', f'--checkpoint={ckpt.path}',
-                      f'--edits={edits}', f'--output_tsv={out}', '--noprogress')
-  assert result.returncode == 0, result.stderr[-3000:]
+def check_command_output(ckpt, edits, out, s, t):
   header, *rows = [line.split('\t') for line in out.read_text().splitlines()]
   assert header == ['sequence', 'position', 'ref', 'alt', 'window_changed',
                     'ref_prediction', 'alt_prediction', 'effect']
   assert [r[:5] for r in rows] == [[s, '30', s[29], 'N', '1'], [t, '3', t[2], 'A', '0'],
                                    [t, '60', '-', 'AC', '1']]
-  expected = variant_effects.edit_effects(
-      scorer_of(ckpt), variant_effects.read_edits(str(edits)),
-      variant_effects.Window.of_checkpoint(ckpt))
+  expected = variant_effects.edit_effects(predictor_of(ckpt),
+                                          variant_effects.read_edits(str(edits)))
   np.testing.assert_allclose(np.array([r[5:] for r in rows], float),
                              np.stack([expected.ref[:, 0], expected.alt[:, 0],
                                        expected.effect[:, 0]], 1), rtol=1e-6, atol=1e-6)
+
+
+def test_command_writes_the_effects_of_a_converted_checkpoint(converted_checkpoint,
+                                                              tmp_path, capsys):
+  ckpt = converted_checkpoint
+  s, t = random_sequences(2, seed=8)
+  edits = tmp_path / 'edits.tsv'
+  edits.write_text(f'{s}\t30\t{s[29]}\tN\n{t}\t3\t{t[2]}\tA\n{t}\t60\t-\tAC\n')
+  out = tmp_path / 'effects.tsv'
+  status, _, err = run_command(capsys, f'--checkpoint={ckpt.path}', f'--edits={edits}',
+                               f'--output_tsv={out}', f'--batch_size={BATCH}',
+                               '--noprogress')
+  assert status == 0, err[-3000:]
+  check_command_output(ckpt, edits, out, s, t)
   edits.write_text(f'{s}\t30\t{s[29]}\tN\n{t}\t3\t{"A" if t[2] != "A" else "C"}\tG\n')
-  result = run_module('experiments.variant_effects', f'--checkpoint={ckpt.path}',
-                      f'--edits={edits}', f'--output_tsv={tmp_path / "x.tsv"}')
-  assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      f'error: {edits}:2: ref ')
+  status, _, err = run_command(capsys, f'--checkpoint={ckpt.path}', f'--edits={edits}',
+                               f'--output_tsv={tmp_path / "x.tsv"}')
+  assert status == 1 and 'Traceback' not in err
+  assert err.strip().splitlines()[-1].startswith(f'error: {edits}:2: ref ')
+  assert not (tmp_path / 'x.tsv').exists()

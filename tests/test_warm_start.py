@@ -1,7 +1,13 @@
-"""A head start: warm start from a trained model, new heads, frozen parts, head rates."""
+"""A head start: warm start from a trained model, new heads, frozen parts, head rates.
+
+Steps with frozen parts and whole warm-started trainings are in
+test_slow_warm_start.py.
+"""
 
 import dataclasses
-import json
+import functools
+import logging
+import os
 
 import jax
 import numpy as np
@@ -12,14 +18,32 @@ from enformer_small import checkpoint
 from enformer_small import config as config_lib
 from enformer_small import model as model_lib
 from enformer_small import recipe as recipe_lib
+from enformer_small import resume
+from enformer_small import train_plan
 from enformer_small import training
 from enformer_small import warm_start
+from enformer_small.train_config import TrainConfig
 
 HEAD = 'enformer/~/head_yeast/~/output'
 
 
+@functools.lru_cache(maxsize=None)
+def _shapes(config):
+  return model_lib.param_shapes(config)
+
+
 def _init(config, seed):
-  return jax.device_get(model_lib.init(config, jax.random.PRNGKey(seed)))
+  """(params, state) of `config`: random values of every array's shape and dtype,
+  other for each seed. What warm starting copies is all these tests look at, and
+  random values tell each array from any other (fresh initialisation leaves many
+  zeros, and compiles for seconds)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(shape):
+    if np.issubdtype(shape.dtype, np.floating):
+      return rng.standard_normal(shape.shape).astype(shape.dtype)
+    return rng.integers(0, 1000, shape.shape).astype(shape.dtype)
+  return jax.tree_util.tree_map(fill, _shapes(config))
 
 
 def _is_trunk(module):
@@ -108,77 +132,6 @@ def test_the_seeds_recipe_builds_no_parameter_groups():
       {'m': {'w': np.ones(2)}})[0], optax.MultiTransformState)
 
 
-@pytest.mark.parametrize('frozen', [('trunk',), ('trunk/~/stem', 'trunk/~/conv_tower')])
-def test_frozen_parameters_and_batch_norm_averages_are_unchanged_after_steps(frozen):
-  config = config_lib.seed_config(85)  # Dropout on: training mode everywhere else.
-  recipe = recipe_lib.Recipe(optimizer='adamw', learning_rate=0.01, weight_decay=0.1,
-                             freeze=frozen, ema_decay=0.9)
-  optimizer = recipe_lib.make_optimizer(recipe, total_steps=3)
-  start = jax.device_get(training.init_train_state(config, optimizer,
-                                                   jax.random.PRNGKey(0)))
-  step = training.make_train_step(config, optimizer, donate=False, frozen=frozen)
-  d = jax.local_device_count()
-  rng = np.random.default_rng(0)
-  train_state = training.replicate(start)
-  for _ in range(3):
-    train_state, _ = step(train_state, training.shard_batch({
-        'inputs': np.eye(4, dtype=np.uint8)[rng.integers(0, 4, (d, 8, 85))],
-        'targets': rng.uniform(0, 17, (d, 8, 1)).astype(np.float32)}))
-  end = training.unreplicate(train_state)
-  changed = set()
-  for tree in ('params', 'state', 'ema'):  # The parameter average too.
-    before = start.params if tree == 'ema' else getattr(start, tree)
-    after = (recipe_lib.ema_params(end.opt_state) if tree == 'ema' else
-             getattr(end, tree))
-    for module in before:
-      if not all(np.array_equal(after[module][n], before[module][n], equal_nan=True)
-                 for n in before[module]):
-        changed.add(module)
-  assert not any(model_lib.is_frozen(module, frozen) for module in changed)
-  assert HEAD in changed
-  mlp = 'enformer/~/trunk/~/transformer/~/transformer_block_0/~/mlp/~/linear'
-  final_norm = ('enformer/~/trunk/~/final_pointwise/~/conv_block/~/batch_norm/~/'
-                'mean_ema')
-  assert (mlp in changed and final_norm in changed) == (frozen != ('trunk',))
-
-
-def test_train_warm_starts_a_two_target_table_at_another_length_with_a_frozen_trunk(
-    tmp_path, capsys):
-  from enformer_small import synthetic
-  from experiments import train as train_lib
-  rows = synthetic.generate(synthetic.SyntheticConfig(num_rows=240, seed=3))
-  table = tmp_path / 'own.csv'
-  table.write_text('sequence,x,y\n' + ''.join(
-      f'{s},{v},{17 - v}\n' for s, v in zip(rows.sequences(), rows.expression)))
-  common = dict(batch_size=32, eval_batch_size=64, num_holdout=48, num_epochs=1,
-                keep_checkpoints=1, dropout=False, shifts=(0,),
-                data_cache_dir=str(tmp_path / 'cache'))
-  train_lib.train(train_lib.TrainConfig(
-      run_dir=str(tmp_path / 'pre'), synthetic_rows=240,
-      synthetic_dir=str(tmp_path / 'syn'), **common))
-  source = checkpoint.load_checkpoint(str(tmp_path / 'pre' / 'checkpoint_best.npz'))
-  result = train_lib.train(train_lib.TrainConfig(
-      run_dir=str(tmp_path / 'fine'), table_file=str(table), target_columns=('x', 'y'),
-      sequence_length=110, pad_sequences=True, input_length=110,
-      init_checkpoint=source.path, freeze=('trunk',), optimizer='adamw',
-      head_learning_rate=0.01, learning_rate=0.001, **common))
-  out = capsys.readouterr().out
-  assert f'warm start: head {HEAD} re-initialised (b: source [1], model [2]; w: source ' \
-         '[576, 1], model [768, 2])' in out
-  assert '2 outputs (x, y), frozen: trunk, 1,996,578 parameters' in out
-  params, state = result.train_state.params, result.train_state.state
-  for tree, trained in ((source.params, params), (source.state, state)):
-    for module in filter(_is_trunk, tree):
-      for name in tree[module]:
-        np.testing.assert_array_equal(trained[module][name], tree[module][name])
-  holdout = result.history[-1]['holdout']
-  assert set(holdout['per_target']) == {'x', 'y'}
-  assert holdout['pearson'] == pytest.approx(np.mean(
-      [holdout['per_target'][t]['pearson'] for t in 'xy']))
-  saved = json.loads((tmp_path / 'fine' / 'train_config.json').read_text())
-  assert saved['resolved']['parameters'] == 1_996_578
-
-
 def test_a_converted_tf_checkpoint_warm_starts_a_model_of_another_length(seed_fixtures_dir):
   """The seed's own TF/Sonnet checkpoint (85 bp, one output) into 110 bp, two outputs."""
   from enformer_small import convert
@@ -196,3 +149,42 @@ def test_a_converted_tf_checkpoint_warm_starts_a_model_of_another_length(seed_fi
                                       strict=True)
   assert [m for m, _ in report.reinitialised] == [HEAD]
 
+
+
+def test_a_new_run_takes_the_trunk_of_a_trained_run_and_a_new_head(tiny_run, tmp_path,
+                                                                    caplog):
+  """`resume.warm_start` (a run's --init_checkpoint): tiny_run's evaluated trunk (the
+  parameter average, the recalibrated BatchNorm averages) into a two-target table
+  model at the same length, bit for bit; its 18-bin head does not fit two outputs and
+  is re-initialised (logged); the optimizer state is new, for the merged parameters."""
+  trained, _ = tiny_run
+  source = checkpoint.load_checkpoint(os.path.join(trained.run_dir,
+                                                   checkpoint.BEST_NAME))
+  config = TrainConfig(
+      run_dir=str(tmp_path / 'fine'), table_file=str(tmp_path / 'own.csv'),
+      target_columns=('x', 'y'), sequence_length=110, pad_sequences=True,
+      input_length=110, shifts=(0,), dropout=False, batch_size=32,
+      init_checkpoint=source.path, freeze=('trunk',), optimizer='adamw',
+      head_learning_rate=0.01, learning_rate=0.001)
+  plan = train_plan.make_plan(config, num_train_rows=192)
+  fresh_params, fresh_state = _init(plan.model_config, seed=2)
+  fresh = training.TrainState(
+      params=fresh_params, state=fresh_state,
+      opt_state=plan.optimizer.init(fresh_params), rng=np.zeros(2, np.uint32),
+      step=np.zeros((), np.int32))
+  with caplog.at_level(logging.INFO, logger='enformer_small'):
+    started = resume.warm_start(config, plan, fresh)
+  assert (f'warm start: head {HEAD} re-initialised (b: source [18], model [2]; w: '
+          'source [768, 18], model [768, 2])') in caplog.messages
+  for tree, merged in ((source.params, started.params), (source.state, started.state)):
+    for module in filter(_is_trunk, tree):
+      for name in tree[module]:
+        np.testing.assert_array_equal(merged[module][name], tree[module][name],
+                                      strict=True)
+  for name, value in fresh_params[HEAD].items():
+    np.testing.assert_array_equal(started.params[HEAD][name], value, strict=True)
+  assert (jax.tree_util.tree_structure(started.opt_state) ==
+          jax.tree_util.tree_structure(plan.optimizer.init(started.params)))
+  for a, b in zip(jax.tree_util.tree_leaves(started.opt_state),
+                  jax.tree_util.tree_leaves(plan.optimizer.init(started.params))):
+    np.testing.assert_array_equal(a, b)

@@ -1,49 +1,54 @@
-"""Test-time averaging over shifted windows (and strands): `window_average`, as
-experiments.predict and training's held-out evaluation use it.
+"""Test-time averaging over shifted windows (and strands): `window_average`, as the one
+inference path (`inference`: experiments.predict, the commands built on it and
+training's held-out evaluation) uses it.
 
 The expectations are computed here by hand: the extended rows from the plasmid strings,
 the windows by numpy slicing, the model called on each window set directly.
 """
 
+import jax
 import numpy as np
 import pytest
 
 from enformer_small import checkpoint
 from enformer_small import config as config_lib
-from enformer_small import dream_data
 from enformer_small import plasmid
 from enformer_small import recipe as recipe_lib
 from enformer_small import training
 from enformer_small import window_average
-from experiments import predict
-from experiments import train as train_lib
-from moved_model import moved_model
+from enformer_small import inference
+from enformer_small.train_config import TrainConfig
+from random_model import random_variables
 
 CONTEXT, LENGTH, START = 10, 110, 10   # 110 bp windows centred in 130 bp rows
 FLANK_5, FLANK_3 = 'TGCATTTTTTTCACATC', 'GGTTACGGCTGTT'
 NUM_ROWS = 24
+BATCH = 64  # Rows per forward pass: as test_inference.py and test_trainer.py predict.
 
 
 def test_passes_are_every_shift_on_each_strand_in_order():
-  assert window_average.Windows().passes == ((0, False),)
-  assert window_average.Windows(reverse_complement=True).passes == (
+  windows = lambda **kwargs: window_average.Windows(START, LENGTH, **kwargs)
+  assert windows().passes == ((0, False),)
+  assert windows(reverse_complement=True).passes == (
       (0, False), (0, True))
-  assert window_average.Windows(shifts=(-5, 0, 5)).passes == (
+  assert windows(shifts=(-5, 0, 5)).passes == (
       (-5, False), (0, False), (5, False))
-  assert window_average.Windows(shifts=(3, -2), reverse_complement=True).passes == (
+  assert windows(shifts=(3, -2), reverse_complement=True).passes == (
       (3, False), (3, True), (-2, False), (-2, True))
 
 
 def test_a_recipe_records_its_shifts_and_the_default_has_none():
+  unshifted = window_average.Windows(START, LENGTH)
   assert recipe_lib.Recipe().eval_shifts == ()
-  assert window_average.of_recipe(recipe_lib.Recipe()) == window_average.Windows()
+  assert window_average.of_recipe(recipe_lib.Recipe(), START, LENGTH) == unshifted
   recipe = recipe_lib.Recipe(eval_shifts=[-10, '5'], eval_reverse_complement=True)
   assert recipe.eval_shifts == (-10, 5)
   recorded = recipe_lib.fields_as_dict(recipe)
   assert recipe_lib.from_fields(recorded) == recipe
-  assert window_average.of_recipe(recorded) == window_average.Windows(
-      shifts=(-10, 5), reverse_complement=True)
-  assert window_average.of_recipe({}) == window_average.Windows()  # older checkpoints
+  assert window_average.of_recipe(recorded, START, LENGTH) == window_average.Windows(
+      START, LENGTH, shifts=(-10, 5), reverse_complement=True)
+  # older checkpoints
+  assert window_average.of_recipe({}, START, LENGTH) == unshifted
 
 
 def test_repeated_shifts_are_refused():
@@ -55,23 +60,24 @@ def test_average_is_the_mean_and_one_window_comes_back_unchanged():
   rng = np.random.default_rng(0)
   by_pass = {(s, r): rng.uniform(0, 17, 1000).astype(np.float32)
              for s in (-4, 0, 4) for r in (False, True)}
-  one = window_average.average(lambda s, r: by_pass[s, r], window_average.Windows())
+  one = window_average.average(lambda s, r: by_pass[s, r],
+                               window_average.Windows(START, LENGTH))
   np.testing.assert_array_equal(one, by_pass[0, False], strict=True)
   # Both strands: bit for bit the float32 (a + b) / 2 evaluation used before shifts.
-  two = window_average.average(lambda s, r: by_pass[s, r],
-                               window_average.Windows(reverse_complement=True))
+  two = window_average.average(lambda s, r: by_pass[s, r], window_average.Windows(
+      START, LENGTH, reverse_complement=True))
   np.testing.assert_array_equal(two, (by_pass[0, False] + by_pass[0, True]) / 2,
                                 strict=True)
   six = window_average.average(lambda s, r: by_pass[s, r], window_average.Windows(
-      shifts=(-4, 0, 4), reverse_complement=True))
+      START, LENGTH, shifts=(-4, 0, 4), reverse_complement=True))
   expected = np.mean(np.stack(list(by_pass.values())).astype(np.float64), axis=0)
   np.testing.assert_array_equal(six, expected.astype(np.float32), strict=True)
 
 
 def test_a_shift_must_keep_the_window_in_the_extended_rows():
-  window_average.check_shifts((-10, -5, 0, 5, 10), START, LENGTH, 130)
+  window_average.Windows(START, LENGTH, shifts=(-10, -5, 0, 5, 10)).check(130)
   with pytest.raises(ValueError) as raised:
-    window_average.check_shifts((-11, 0, 10, 12), START, LENGTH, 130)
+    window_average.Windows(START, LENGTH, shifts=(-11, 0, 10, 12)).check(130)
   assert str(raised.value) == (
       'eval shifts (-11, 12) move the 110 bp window [10:120] outside the 130 bp rows '
       'it is cut from: use smaller shifts or, for DREAM rows, a larger plasmid context')
@@ -79,17 +85,17 @@ def test_a_shift_must_keep_the_window_in_the_extended_rows():
 
 def test_train_refuses_eval_shifts_beyond_the_plasmid_context():
   fields = dict(input_length=110, plasmid_context=5, shifts=(0,))
-  config = train_lib.TrainConfig(eval_shifts=(-5, 5), **fields)
+  config = TrainConfig(eval_shifts=(-5, 5), **fields)
   assert config.recipe.eval_shifts == (-5, 5)
   with pytest.raises(ValueError, match=r'eval shifts \(6,\) move the 110 bp window '
                      r'\[5:115\] outside the 120 bp rows'):
-    train_lib.TrainConfig(eval_shifts=(-5, 6), **fields)
+    TrainConfig(eval_shifts=(-5, 6), **fields)
   with pytest.raises(ValueError, match=r'eval shifts \(-1,\) move'):
-    train_lib.TrainConfig(input_length=110, shifts=(0,), eval_shifts=(-1,))
+    TrainConfig(input_length=110, shifts=(0,), eval_shifts=(-1,))
 
 
 # ---------------------------------------------------------------------------
-# Through experiments.predict, against windows sliced by hand.
+# Through the one inference path, against windows sliced by hand.
 
 
 def rows(n):
@@ -115,7 +121,8 @@ def extended_rows(sequences):
 
 
 def by_hand(ckpt, sequences, passes):
-  """The mean over `passes` of the eval step on the windows sliced from the rows."""
+  """The mean over `passes` of the eval step on the windows sliced from the rows (in a
+  batch of BATCH, padded with N rows as the inference path pads its batches)."""
   step = training.make_eval_step(ckpt.model_config)
   params, state = training.replicate(ckpt.params), training.replicate(ckpt.state)
   x = extended_rows(sequences)
@@ -124,17 +131,21 @@ def by_hand(ckpt, sequences, passes):
     window = x[:, START + shift:START + shift + LENGTH]
     if reverse:  # complement = channels reversed (A<->T, C<->G), then positions
       window = window[:, ::-1, ::-1]
-    outs.append(np.asarray(step(params, state, window[None]))[0])
+    batch = np.zeros((BATCH,) + window.shape[1:], np.float32)
+    batch[:len(window)] = window
+    out = step(params, state, batch.reshape((jax.local_device_count(), -1) + window.shape[1:]))
+    outs.append(np.asarray(out).reshape(BATCH, -1)[:len(window)])
   return np.mean(np.stack(outs).astype(np.float64), axis=0).astype(np.float32), outs
 
 
 @pytest.fixture(scope='module')
 def soft_bin_checkpoint(tmp_path_factory):
-  """A 110 bp soft-bin model off its initial values (so every window counts), saved
-  with 10 bp of plasmid context, both strands and shifts -10, -3, 0, 7, 10 recorded."""
-  model_config = (config_lib.seed_config(LENGTH).without_dropout()
-                  .with_soft_bin_head(recipe_lib.NUM_SOFT_BINS))
-  params, state = moved_model(model_config, init_seed=7, batch=32, bn_updates=2)
+  """A 110 bp soft-bin model with random weights (so every window counts), saved
+  with 10 bp of plasmid context, both strands and shifts -10, -3, 0, 7, 10 recorded.
+  The model configuration of tests/conftest.py's `tiny_run` (one compilation for both)."""
+  model_config = config_lib.seed_config(LENGTH).with_soft_bin_head(
+      recipe_lib.NUM_SOFT_BINS)
+  params, state = random_variables(model_config, seed=7)
   recipe = recipe_lib.Recipe(eval_reverse_complement=True, eval_shifts=(-10, -3, 0, 7, 10),
                              plasmid_context=CONTEXT, loss='soft_bin')
   path = tmp_path_factory.mktemp('window_average') / 'model.npz'
@@ -146,8 +157,10 @@ def soft_bin_checkpoint(tmp_path_factory):
 
 
 def predicted(ckpt, sequences, **overrides):
-  codes = dream_data.encode_sequences(sequences)
-  return predict.predict_codes(ckpt, codes, batch_size=len(sequences), **overrides)
+  """[N]: the predictions of the one inference path (`inference.from_checkpoint`)."""
+  predictor = inference.from_checkpoint(ckpt, inference.InferenceOptions(
+      batch_size=BATCH, **overrides))
+  return predictor.predict(sequences)
 
 
 def test_recorded_shifts_and_strands_are_the_mean_of_the_hand_sliced_windows(

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One lent-GPU session (issue 15): the step and the loop in both dtypes, then a profile of
+# One run on a GPU machine: the step and the loop in both dtypes, then a profile of
 # the batch-10,000 step with the fixes it may point to, measured in the same run.
 # Run from a copy of the repository on the GPU machine, with dm-haiku and jmp wheels in
 # .whl/ (the image has jax, optax, chex, numpy, absl, no haiku, no TensorFlow):
-#   bash benchmarks/gpu_session.sh "$OUT"
+#   bash benchmarks/gpu_figures.sh "$OUT"
 set -uo pipefail
 OUT=${1:-/tmp/gpu_out}
 mkdir -p "$OUT"
