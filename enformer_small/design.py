@@ -95,10 +95,7 @@ class Designer:
     if codes.shape[0] == 0:
       empty = np.zeros((0,))
       return Scored(codes, np.zeros((self.ensemble.size, 0)), empty, empty, empty)
-    size = self.batch_size or self.ensemble.members[0].batch_size
-    # A few candidates (a gradient step's) need not pay for a whole batch.
-    size = min(size, max(8, 1 << (codes.shape[0] - 1).bit_length()))
-    members = self.ensemble.predict_codes(codes, batch_size=size).members
+    members = self.ensemble.predict_codes(codes, batch_size=self.batch_size).members
     values = self.objective.member_values(members)
     score, mean, spread = self.objective.score(values)
     self.evaluations += codes.shape[0]
@@ -107,12 +104,14 @@ class Designer:
 
 @dataclasses.dataclass
 class Result:
-  """Designs [N, S], their Scored, and per design the trace of (candidate evaluations
-  spent, best score so far) after each round (the start's evaluation is not counted)."""
+  """Designs [N, S], their Scored, the starts' Scored (`initial`), and per design the
+  trace of (candidate evaluations spent, best score so far) after each round (the
+  start's evaluation is not counted)."""
   starts: np.ndarray
   designs: Scored
   traces: List[List[Tuple[int, float]]]
   method: str
+  initial: Optional[Scored] = None
 
 
 def _check_starts(designer: Designer, starts: np.ndarray) -> np.ndarray:
@@ -205,7 +204,7 @@ def beam(designer: Designer, starts: np.ndarray, *, width: int = 1,
           best[d] = int(order[0])
       traces[d].append((int(spent[d]), float(current.score[best[d]])))
   return Result(starts, _take(current, np.array(best)), traces,
-                'greedy' if width == 1 else f'beam{width}')
+                'greedy' if width == 1 else f'beam{width}', _take(current, np.arange(n)))
 
 
 def _mutate(codes: np.ndarray, mutable: np.ndarray, rate: float,
@@ -263,8 +262,8 @@ def evolve(designer: Designer, starts: np.ndarray, *, population: int = 48,
   rng = np.random.default_rng(seed)
   constraints = designer.constraints
   rate = rate if rate is not None else 1.5 / constraints.mutable.sum()
-  first = designer.evaluate(starts)
-  pools = [_take(first, np.array([d])) for d in range(len(starts))]
+  initial = designer.evaluate(starts)
+  pools = [_take(initial, np.array([d])) for d in range(len(starts))]
   traces = [[(0, float(p.score[0]))] for p in pools]
   spent = np.zeros(len(starts), int)
   while True:
@@ -289,7 +288,7 @@ def evolve(designer: Designer, starts: np.ndarray, *, population: int = 48,
       spent[d] += int(np.sum(owners == d))
       traces[d].append((int(spent[d]), float(pools[d].score[0])))
   best = _concat([_take(p, np.array([0])) for p in pools])
-  return Result(starts, best, traces, 'evolve')
+  return Result(starts, best, traces, 'evolve', initial)
 
 
 def motif_codes(motif: str) -> np.ndarray:
@@ -340,7 +339,9 @@ def implant(designer: Designer, starts: np.ndarray, motif: np.ndarray,
     best.append(top)
     traces.append([(0, float(scored.score[mine[0]])),
                    (len(mine) - 1, float(scored.score[top]))])
-  return Result(starts, _take(scored, np.array(best)), traces, 'implant')
+  firsts = np.array([np.flatnonzero(owners == d)[0] for d in range(len(starts))])
+  return Result(starts, _take(scored, np.array(best)), traces, 'implant',
+                _take(scored, firsts))
 
 
 def read_pwm(path: str) -> np.ndarray:

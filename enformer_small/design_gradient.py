@@ -111,23 +111,40 @@ def gradient(designer: Designer, starts: np.ndarray, *, budget: int = 2400,
   theta = jnp.asarray(init_scale * np.eye(5, 4, dtype=np.float32)[starts])
   opt_state = optimizer.init(theta)
   key = jax.random.PRNGKey(seed)
-  best = designer.evaluate(starts)
+  initial = designer.evaluate(starts)
+  best = design_lib._take(initial, np.arange(len(starts)))  # pylint: disable=protected-access
   traces = [[(0, float(s))] for s in best.score]
+  # The steps' projected sequences are scored together, a batch of the predictor's size
+  # at a time: one step's few sequences alone would be padded to that size anyway
+  # (`Predictor.predict_rows`), and the search's next step does not depend on them.
+  per_batch = designer.batch_size or designer.ensemble.members[0].batch_size
+  pending = []
   for spent in range(2, budget + 1, 2):
     key, sample = jax.random.split(key)
     theta, opt_state, gains = step(theta, opt_state, sample, variables, fixed, mutable)
     candidates = project(np.asarray(theta), np.asarray(gains), starts,
                          constraints.mutable, constraints.max_edits)
-    ok = constraints.valid(candidates, starts)
-    scored = designer.evaluate(candidates[ok])
-    better = np.flatnonzero(ok)[scored.score > best.score[ok]]
-    rows = np.flatnonzero(np.isin(np.flatnonzero(ok), better))
-    for d, r in zip(better, rows):
-      best.codes[d], best.members[:, d] = scored.codes[r], scored.members[:, r]
-      best.mean[d], best.spread[d], best.score[d] = (scored.mean[r], scored.spread[r],
-                                                     scored.score[r])
-    for d in range(len(starts)):
-      traces[d].append((spent, float(best.score[d])))
+    pending.append((spent, candidates, constraints.valid(candidates, starts)))
+    if len(pending) * len(starts) >= per_batch or spent + 2 > budget:
+      _keep_better(designer, pending, best, traces)
+      pending = []
     if progress:
       progress(2 * len(starts))
-  return Result(starts, best, traces, 'gradient')
+  return Result(starts, best, traces, 'gradient', initial)
+
+
+def _keep_better(designer: Designer, pending, best, traces) -> None:
+  """Scores the valid sequences of the pending steps [(spent, codes [N, S], valid [N])]
+  at once, then takes them step by step into `best` (in place) and the traces."""
+  scored = designer.evaluate(np.concatenate([codes[ok] for _, codes, ok in pending]))
+  first = 0
+  for spent, codes, ok in pending:
+    rows = np.flatnonzero(ok)
+    mine = design_lib._take(scored, np.arange(first, first + rows.size))  # pylint: disable=protected-access
+    first += rows.size
+    better = mine.score > best.score[rows]
+    for d, r in zip(rows[better], np.flatnonzero(better)):
+      best.codes[d], best.members[:, d] = mine.codes[r], mine.members[:, r]
+      best.mean[d], best.spread[d], best.score[d] = mine.mean[r], mine.spread[r], mine.score[r]
+    for d, trace in enumerate(traces):
+      trace.append((spent, float(best.score[d])))

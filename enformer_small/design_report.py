@@ -2,7 +2,7 @@
 
   designs.tsv    per design and method: the start and the design, edits, G+C of the
                  designed positions, the objective, the designer's mean and spread and
-                 every member's value; with a judge (models that did not design), its
+                 every member's value, the start's objective and mean; with a judge (models that did not design), its
                  mean, spread and members; with robustness, the design's and the
                  start's (`robustness.py`)
   designs.fa     the designs, named <method>_<index>
@@ -41,7 +41,8 @@ def table_lines(result: Result, constraints: rules.Constraints,
   d = result.designs
   k = d.members.shape[0]
   header = ['method', 'design', 'start_sequence', 'sequence', 'edits', 'gc', 'objective',
-            'mean', 'spread'] + [f'member_{i}' for i in range(k)]
+            'mean', 'spread'] + [f'member_{i}' for i in range(k)] + [
+                'start_objective', 'start_mean']
   if judged is not None:
     header += ['judge_mean', 'judge_spread', 'judge_start_mean'] + [
         f'judge_member_{i}' for i in range(judged.designs.shape[0])]
@@ -55,6 +56,7 @@ def table_lines(result: Result, constraints: rules.Constraints,
     row = [result.method, str(i), starts[i], designs[i], str(int(edits[i])),
            f'{gc[i]:.4f}', f'{d.score[i]:.6g}', f'{d.mean[i]:.6g}', f'{d.spread[i]:.6g}']
     row += [f'{v:.6g}' for v in d.members[:, i]]
+    row += [f'{result.initial.score[i]:.6g}', f'{result.initial.mean[i]:.6g}']
     if judged is not None:
       mean, spread = _stats(judged.designs)
       start_mean, _ = _stats(judged.starts)

@@ -57,10 +57,10 @@ class InferenceOptions:
       "checkpoint's training evaluated, --eval_reverse_complement).")
   heads: Tuple[str, ...] = setting((), 'Heads to predict (default: all).')
   batch_size: int = setting(1000, 'Rows (sequences or mutants) per forward pass.')
-  fast_cpu: bool = setting(
-      False, 'CPU speed: the model arranged for XLA:CPU (enformer_small/fast_cpu.py; '
-      '~14% faster forward pass at batch 1,024 on 2 cores); the same function, rounded '
-      'otherwise, so not bit-identical to the default.')
+  fast_cpu: Optional[bool] = setting(
+      None, 'CPU speed: the model arranged for XLA:CPU (enformer_small/fast_cpu.py); the '
+      'same function, rounded otherwise. Default: as the checkpoint was trained '
+      '(its --fast_cpu), so that it predicts what its training evaluated.')
 
   def __post_init__(self):
     if self.eval_shifts is not None:
@@ -300,7 +300,13 @@ class Predictor:
 
   def predict_rows(self, rows: np.ndarray, *, progress: Progress = None,
                    batch_size: Optional[int] = None) -> np.ndarray:
-    """float32 [N, T] of rows uint8 [N, row_length] (`Layout.rows`)."""
+    """float32 [N, T] of rows uint8 [N, row_length] (`Layout.rows`).
+
+    Rows run in padded batches of `batch_size` whatever their number: XLA's rounding
+    depends on the batch shape, so a sequence gets the same bits from every command
+    that uses the same `batch_size` (a server answering single sequences trades this
+    for latency with a small --batch_size).
+    """
     shards = jax.local_device_count()
     size = -(-(batch_size or self.batch_size) // shards) * shards
     return predict_rows(self._forward, rows, self.windows, batch_size=size,
@@ -351,6 +357,12 @@ def _averaged_apply(apply: Callable, windows: window_average.Windows, context: i
   return averaged
 
 
+def trained_fast_cpu(ckpt: checkpoint_lib.Checkpoint) -> bool:
+  """Whether the checkpoint's training ran the model arranged for XLA:CPU (its
+  --fast_cpu; False for checkpoints that predate the setting)."""
+  return bool((ckpt.extra.get('train_config') or {}).get('fast_cpu', False))
+
+
 def from_checkpoint(ckpt: checkpoint_lib.Checkpoint,
                     options: InferenceOptions = InferenceOptions()) -> Predictor:
   """The checkpoint's predictor: its layout, window, shifts and strands, unless
@@ -367,7 +379,8 @@ def from_checkpoint(ckpt: checkpoint_lib.Checkpoint,
                           else options.reverse_complement_average))
   windows.check(layout.row_length)
   heads = model_lib.head_names(ckpt.model_config, options.heads or None)
-  return Predictor(enformer_apply(ckpt.model_config, heads, options.fast_cpu),
+  fast_cpu = trained_fast_cpu(ckpt) if options.fast_cpu is None else options.fast_cpu
+  return Predictor(enformer_apply(ckpt.model_config, heads, fast_cpu),
                    (ckpt.params, ckpt.state), layout, windows,
                    targets=target_names(ckpt, heads), batch_size=options.batch_size,
                    source=ckpt.path)

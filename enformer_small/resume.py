@@ -34,9 +34,11 @@ class Start:
 def check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: str) -> None:
   """Raises TrainingError unless `config` may continue the run that saved `saved`.
 
-  Fields a checkpoint predates count as their defaults (what its run used).
+  Fields a checkpoint predates count as what its run used: their defaults then
+  (`train_config.PREDATED`).
   """
-  now, defaults = config.to_json_dict(), TrainConfig().to_json_dict()
+  now = config.to_json_dict()
+  defaults = dict(TrainConfig().to_json_dict(), **train_config_lib.PREDATED)
   diffs = [f'--{k}: checkpoint {saved.get(k, defaults[k])!r}, now {now[k]!r}'
            for k in now if k not in train_config_lib.RESUMABLE_CHANGES
            and saved.get(k, defaults[k]) != now[k]]

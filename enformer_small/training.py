@@ -9,6 +9,7 @@ of every process.
 
 import collections
 import dataclasses
+import functools
 import itertools
 from typing import Any, Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
@@ -54,15 +55,26 @@ def init_train_state(model_config: EnformerConfig,
                      optimizer: optax.GradientTransformation,
                      rng: jax.Array) -> TrainState:
   """An unreplicated TrainState with fresh parameters."""
+  params, state, train_rng = _initializer(model_config)(rng)
+  return TrainState(params=params, state=state, opt_state=optimizer.init(params),
+                    rng=train_rng, step=jnp.zeros((), jnp.int32))
+
+
+@functools.lru_cache(maxsize=8)
+def _initializer(model_config: EnformerConfig):
+  """`rng -> (params, state, train_rng)`, jitted once per model configuration.
+
+  Jitted because op-by-op initialisation of the ~70 modules takes tens of seconds on
+  CPU; cached because every run (and every test) that builds a state would otherwise
+  compile the same initialisers again.
+  """
   @jax.jit
   def init(rng):
     init_rng, train_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, model_config.input_length, 4), jnp.float32)
     params, state = make_model(model_config).init(init_rng, dummy, is_training=True)
-    return TrainState(params=params, state=state, opt_state=optimizer.init(params),
-                      rng=train_rng, step=jnp.zeros((), jnp.int32))
-  # Jitted: op-by-op initialisation of the ~70 modules takes tens of seconds on CPU.
-  return init(rng)
+    return params, state, train_rng
+  return init
 
 
 def _regression_metrics(predictions, targets, loss):

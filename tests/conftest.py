@@ -7,6 +7,8 @@ command-line and multi-process runs) and any test marked `@pytest.mark.slow`.
 
 import os
 import pathlib
+import subprocess
+import sys
 
 # Quiet TensorFlow before any test imports it.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -79,3 +81,18 @@ def tiny_run(tmp_path_factory):
                        data_cache_dir=str(root / 'cache'), **TINY_RUN)
   result = trainer.train(config, trainer.RunOptions(log_every_steps=0))
   return config, result
+
+
+@pytest.fixture(scope='session')
+def demo_checkpoint(tmp_path_factory) -> str:
+  """The demo's best checkpoint (slow tier): ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT if set,
+  else `experiments.train --flagfile=demo.flags` run once, unchanged (~8-11 min on 2 CPU
+  cores), for every test that needs a model trained as the demo trains."""
+  given = os.environ.get('ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT')
+  if given:
+    return given
+  run_dir = tmp_path_factory.mktemp('demo')
+  subprocess.run([sys.executable, '-m', 'experiments.train', '--flagfile=demo.flags',
+                  f'--run_dir={run_dir}', f'--synthetic_dir={run_dir}/data',
+                  '--noprogress'], cwd=REPO_ROOT, check=True)
+  return str(run_dir / 'checkpoint_best.npz')

@@ -200,7 +200,10 @@ def test_every_method_keeps_every_constraint(method):
          'implant': lambda: design.implant(designer, starts, design.motif_codes('GCG'))}
   result = run[method]()
   assert np.all(constraints.valid(result.designs.codes, starts))
-  assert np.all(result.designs.score >= designer.evaluate(starts).score - 1e-6)
+  start_scores = designer.evaluate(starts).score
+  assert np.all(result.designs.score >= start_scores - 1e-6)
+  np.testing.assert_array_equal(result.initial.codes, starts)  # The report's start columns.
+  np.testing.assert_allclose(result.initial.score, start_scores, rtol=1e-6)
   again = run[method]()  # Seeds make a run repeatable.
   np.testing.assert_array_equal(again.designs.codes, result.designs.codes)
 

@@ -224,7 +224,8 @@ def test_the_one_pass_of_an_override_is_the_window_by_hand(tiny_run, predicted):
   x = np.zeros((BATCH, 110, 4), np.uint8)  # padded as predict pads: one compilation
   x[:len(REFS)] = dream_data.one_hot(rows[:, 10:120], np.uint8)
   forward = inference._pmapped(  # pylint: disable=protected-access
-      inference.enformer_apply(ckpt.model_config, ('yeast',)))
+      inference.enformer_apply(ckpt.model_config, ('yeast',),
+                               inference.trained_fast_cpu(ckpt)))
   direct = np.asarray(forward(training.replicate((ckpt.params, ckpt.state)),
                               training.shard_batch(
                                   x.reshape((jax.local_device_count(), -1, 110, 4)))))

@@ -106,20 +106,7 @@ def test_attribute_command_line_writes_arrays_summary_and_figures(tmp_path):
 # Recovery of the planted motifs by a model trained as the demo trains.
 
 
-def _trained_checkpoint(tmp_path_factory) -> str:
-  """ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT (the demo's checkpoint_best.npz), else the
-  demo itself, unchanged (~11 min on 2 CPU cores)."""
-  given = os.environ.get('ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT')
-  if given:
-    return given
-  run_dir = tmp_path_factory.mktemp('attr_demo')
-  subprocess.run([sys.executable, '-m', 'experiments.train', '--flagfile=demo.flags',
-                  f'--run_dir={run_dir}', f'--synthetic_dir={run_dir}/data',
-                  '--noprogress'], cwd=REPO_ROOT, check=True)
-  return str(run_dir / 'checkpoint_best.npz')
-
-
-def test_attributions_of_a_trained_model_fall_on_the_planted_motifs(tmp_path_factory):
+def test_attributions_of_a_trained_model_fall_on_the_planted_motifs(demo_checkpoint):
   """AUROC of |attribution| at planted-motif positions against the other random-region
   positions of 500 unseen synthetic rows, for the model the demo trains.
 
@@ -134,7 +121,7 @@ def test_attributions_of_a_trained_model_fall_on_the_planted_motifs(tmp_path_fac
   x input 0.6246 (the demo shortened to 1 epoch of 60,000 rows: 0.713 / 0.571, below
   these guards). The assertions guard what the demo's recipe reaches.
   """
-  predictor = inference.load(_trained_checkpoint(tmp_path_factory),
+  predictor = inference.load(demo_checkpoint,
                              inference.InferenceOptions(batch_size=1024))
   assert predictor.windows.passes == ((0, False),)
   data = planted.synthetic_input(500, 1)

@@ -48,17 +48,6 @@ def test_most_planted_factors_are_found_from_the_generators_attributions():
     assert signs == ({'negative'} if weight <= 0 else {'positive'}), (name, signs)
 
 
-def _trained_checkpoint(tmp_path_factory) -> str:
-  given = os.environ.get('ENFORMER_SMALL_ATTRIBUTION_CHECKPOINT')
-  if given:
-    return given
-  run_dir = tmp_path_factory.mktemp('motifs_demo')
-  subprocess.run([sys.executable, '-m', 'experiments.train', '--flagfile=demo.flags',
-                  f'--run_dir={run_dir}', f'--synthetic_dir={run_dir}/data',
-                  '--noprogress'], cwd=REPO_ROOT, check=True)
-  return str(run_dir / 'checkpoint_best.npz')
-
-
 def _command(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL='3')
   return subprocess.run([sys.executable, '-m', 'experiments.motifs', '--noprogress',
@@ -66,11 +55,11 @@ def _command(*args):
                         timeout=3600)
 
 
-def test_a_trained_model_has_learned_planted_motifs(tmp_path, tmp_path_factory):
+def test_a_trained_model_has_learned_planted_motifs(tmp_path, demo_checkpoint):
   """The guard is modest (3 factors; Mcm1 and Ume6 act weakly or only through others):
   what the demo's model learns is its recipe's, not this command's."""
   out = tmp_path / 'out'
-  result = _command(f'--checkpoint={_trained_checkpoint(tmp_path_factory)}',
+  result = _command(f'--checkpoint={demo_checkpoint}',
                     '--synthetic_rows=5000', '--synthetic_seed=1', f'--output_dir={out}',
                     '--top_matches=10')
   assert result.returncode == 0, result.stderr[-3000:]

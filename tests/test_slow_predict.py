@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from enformer_small import checkpoint
+from enformer_small import inference
 from enformer_small import metrics
 from test_predict import (FLANK_3, FLANK_5, TABLE_LENGTH, one_hot_window, read_tsv,
                           reference_predictions, setup)  # pylint: disable=unused-import
@@ -142,8 +143,8 @@ def table_run(tmp_path_factory):
 
 def test_a_table_run_predicts_a_table_one_column_per_target_bit_for_bit(table_run):
   """The output is a table in the training's layout whose columns are, bit for bit,
-  the evaluation train uses (`training.make_eval_step`) on the centred window
-  [5:90] of each row padded / truncated to 95 bp; correlations per target."""
+  the evaluation train uses (`training.make_eval_step`, the run's step) on the centred
+  window [5:90] of each row padded / truncated to 95 bp; correlations per target."""
   from enformer_small import training
   tmp, sequences = table_run['tmp'], table_run['sequences']
   ckpt = checkpoint.load_checkpoint(table_run['ckpt_path'])
@@ -156,7 +157,9 @@ def test_a_table_run_predicts_a_table_one_column_per_target_bit_for_bit(table_ru
   assert result.returncode == 0, result.stderr[-3000:]
   devices = jax.local_device_count()
   x = np.stack([one_hot_window(s, 5, 85) for s in sequences])
-  expected = np.asarray(training.make_eval_step(ckpt.model_config)(
+  # The step the run trained with (`--fast_cpu` by default), as predict takes it.
+  expected = np.asarray(training.make_eval_step(
+      ckpt.model_config, fast_cpu=inference.trained_fast_cpu(ckpt))(
       training.replicate(ckpt.params), training.replicate(ckpt.state),
       training.shard_batch(x.reshape((devices, -1) + x.shape[1:])))).reshape(-1, 2)
   assert np.std(expected, axis=0).min() > 1e-4

@@ -1,0 +1,146 @@
+"""Designs judged by a model that did not design them: real_6370.flags seeds on real rows.
+
+  python benchmarks/design_figures.py --designer runs/real_6370_s0,runs/real_6370_s1 \
+      --judge runs/real_6370_s2 --out runs/figs/design
+
+Runs `experiments.design` as a user would, for 100 random 80 bp starts in the DREAM
+construct (one set, --seed), per method (greedy, evolve, gradient) at equal budgets of
+candidate evaluations per design (240 x the edits allowed: what greedy needs to make
+them one at a time), at most 5, 10 and 20 edits, maximising; then at 10 edits with the
+ensemble penalty (--spread_penalty=1) and minimising with and without it, with --penalty_methods (greedy). The designer searches with one
+window a member (--eval_shifts=0, no strand averaging: the cheap search); the judge
+predicts with its checkpoint's recorded windows (10 a sequence) and never designs.
+
+Prints, per run: the designer's predicted gain (mean over designs of design - start),
+the judge's, the share the judge keeps, the judge's mean prediction against the 99th
+(1st) percentile of the judge's own predictions of the 71,103 real test sequences (its
+`test.tsv`: the test set's measured values are on another scale, MAUDE, so the
+percentile is taken where the model's values live), the seconds and evaluations per
+second.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ('greedy', 'evolve', 'gradient')
+PER_EDIT = 240  # Single substitutions of the 80 bp region: one greedy round.
+
+
+def runs_to_make(args):
+  """(name, methods, extra flags) of every design run: every method at 10, 5 and 20
+  edits; the ensemble penalty and minimisation with --penalty_methods (the longest
+  run, 20 edits, last)."""
+  extra = tuple(args.penalty_methods.split(','))
+  methods = tuple(args.methods.split(','))
+
+  def at_most(edits):
+    return (f'max_{edits}', methods, ['--objective=max', f'--max_edits={edits}',
+                                      f'--budget={PER_EDIT * edits}'])
+  return [at_most(10), at_most(5),
+          ('max_10_k1', extra, ['--objective=max', '--max_edits=10',
+                                f'--budget={PER_EDIT * 10}', '--spread_penalty=1']),
+          ('min_10', extra, ['--objective=min', '--max_edits=10',
+                             f'--budget={PER_EDIT * 10}']),
+          ('min_10_k1', extra, ['--objective=min', '--max_edits=10',
+                                f'--budget={PER_EDIT * 10}', '--spread_penalty=1']),
+          at_most(20)]
+
+
+def run_design(args, name, methods, extra):
+  out = os.path.join(args.out, name)
+  cmd = [sys.executable, '-m', 'experiments.design', f'--checkpoint={args.designer}',
+         f'--judge={args.judge}', f'--random_starts={args.starts}', f'--seed={args.seed}',
+         f'--methods={",".join(methods)}', '--eval_shifts=0',
+         '--noreverse_complement_average', f'--batch_size={args.batch_size}',
+         f'--output_dir={out}', '--noprogress'] + extra
+  started = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  with open(os.path.join(args.out, f'{name}.log'), 'w') as f:
+    f.write(' '.join(cmd) + '\n' + proc.stdout + proc.stderr)
+  if proc.returncode:
+    raise RuntimeError(f'{name} failed:\n{proc.stderr[-2000:]}')
+  return out, proc.stdout, time.perf_counter() - started
+
+
+def method_seconds(stdout):
+  """{method: (seconds, evaluations/s)} from the command's lines."""
+  found = {}
+  for line in stdout.splitlines():
+    head, _, rest = line.partition(': ')
+    if head in METHODS and ' designs in ' in rest:
+      seconds = float(rest.split(' designs in ')[1].split(' s ')[0])
+      rate = float(rest.split('(')[1].split(' evaluations/s')[0].replace(',', ''))
+      found[head] = (seconds, rate)
+  return found
+
+
+def summarise(table_path):
+  """Per method: the designer's and the judge's gains and the share the judge keeps."""
+  with open(table_path) as f:
+    rows = list(csv.DictReader(f, delimiter='\t'))
+  out = {}
+  for method in METHODS:
+    mine = [r for r in rows if r['method'] == method]
+    if not mine:
+      continue
+    column = lambda name: np.array([float(r[name]) for r in mine])
+    designer_gain = column('mean') - column('start_mean')
+    judge_gain = column('judge_mean') - column('judge_start_mean')
+    out[method] = dict(
+        designer_gain=float(designer_gain.mean()), judge_gain=float(judge_gain.mean()),
+        share_kept=float(judge_gain.mean() / designer_gain.mean()),
+        designer_mean=float(column('mean').mean()),
+        judge_mean=float(column('judge_mean').mean()),
+        judge_start_mean=float(column('judge_start_mean').mean()),
+        edits=float(column('edits').mean()))
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--designer', required=True)
+  parser.add_argument('--judge', required=True)
+  parser.add_argument('--starts', type=int, default=100)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--batch_size', type=int, default=1000)
+  parser.add_argument('--out', default=os.path.join(REPO, 'runs', 'figs', 'design'))
+  parser.add_argument('--only', default='', help='comma-separated run names')
+  parser.add_argument('--methods', default=','.join(METHODS),
+                      help='methods of the runs at 5, 10 and 20 edits')
+  parser.add_argument('--penalty_methods', default='greedy',
+                      help='methods of the k=1 and minimising runs')
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  judge_test = os.path.join(args.judge.split(',')[0], 'test.tsv')
+  values = np.array([float(line.split('\t')[1]) for line in open(judge_test)])
+  p99, p1 = np.percentile(values, 99), np.percentile(values, 1)
+  print(f"judge's predictions of the 71,103 test sequences: 99th percentile {p99:.3f}, "
+        f'1st {p1:.3f}', flush=True)
+  # Runs of earlier invocations into the same --out are kept (e.g. --only max_20).
+  saved = os.path.join(args.out, 'results.json')
+  results = json.load(open(saved))['runs'] if os.path.exists(saved) else {}
+  for name, methods, extra in runs_to_make(args):
+    if args.only and name not in args.only.split(','):
+      continue
+    out, stdout, seconds = run_design(args, name, methods, extra)
+    found = summarise(os.path.join(out, 'designs.tsv'))
+    timing = method_seconds(stdout)
+    for method, figures in found.items():
+      figures['seconds'], figures['evaluations_per_s'] = timing.get(method, (None, None))
+    results[name] = found
+    print(f'{name} ({seconds:.0f} s):\n' + json.dumps(found, indent=1), flush=True)
+    # Written after every run: the whole set takes the better part of an hour.
+    with open(saved, 'w') as f:
+      json.dump(dict(p99=p99, p1=p1, runs=results), f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
