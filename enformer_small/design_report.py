@@ -2,9 +2,9 @@
 
   designs.tsv    per design and method: the start and the design, edits, G+C of the
                  designed positions, the objective, the designer's mean and spread and
-                 every member's value, the start's objective and mean; with a judge (models that did not design), its
-                 mean, spread and members; with robustness, the design's and the
-                 start's (`robustness.py`)
+                 every member's value, the start's objective and mean; with a judge
+                 (models that did not design), its mean, spread and members; with
+                 robustness, the design's and the start's (`robustness.py`)
   designs.fa     the designs, named <method>_<index>
   objective_<method>.png  the objective (mean over designs of the best so far) against
                  candidate evaluations per design
