@@ -7,9 +7,12 @@ Runs `experiments.design` as a user would, for 100 random 80 bp starts in the DR
 construct (one set, --seed), per method (greedy, evolve, gradient) at equal budgets of
 candidate evaluations per design (240 x the edits allowed: what greedy needs to make
 them one at a time), at most 5, 10 and 20 edits, maximising; then at 10 edits with the
-ensemble penalty (--spread_penalty=1) and minimising with and without it, with --penalty_methods (greedy). The designer searches with one
-window a member (--eval_shifts=0, no strand averaging: the cheap search); the judge
-predicts with its checkpoint's recorded windows (10 a sequence) and never designs.
+ensemble penalty (--spread_penalty=1) and minimising with and without it, with
+--penalty_methods (greedy). The designer searches with one window a member (--eval_shifts=0,
+no strand averaging: the cheap search) or, with --designer_windows, both strands
+('strands', 2x the cost) or its checkpoint's recorded windows ('recorded', 10x); those runs
+are named with the suffix (min_10_strands). The judge predicts with its checkpoint's
+recorded windows (10 a sequence) and never designs.
 
 Prints, per run: the designer's predicted gain (mean over designs of design - start),
 the judge's, the share the judge keeps, the judge's mean prediction against the 99th
@@ -32,6 +35,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('greedy', 'evolve', 'gradient')
 PER_EDIT = 240  # Single substitutions of the 80 bp region: one greedy round.
+DESIGNER_WINDOWS = {
+    'one': ['--eval_shifts=0', '--noreverse_complement_average'],
+    'strands': ['--eval_shifts=0', '--reverse_complement_average'],
+    'recorded': [],
+}
 
 
 def runs_to_make(args):
@@ -55,12 +63,12 @@ def runs_to_make(args):
 
 
 def run_design(args, name, methods, extra):
+  """Runs the command into --out/name; (output directory, stdout, seconds)."""
   out = os.path.join(args.out, name)
   cmd = [sys.executable, '-m', 'experiments.design', f'--checkpoint={args.designer}',
          f'--judge={args.judge}', f'--random_starts={args.starts}', f'--seed={args.seed}',
-         f'--methods={",".join(methods)}', '--eval_shifts=0',
-         '--noreverse_complement_average', f'--batch_size={args.batch_size}',
-         f'--output_dir={out}', '--noprogress'] + extra
+         f'--methods={",".join(methods)}', *DESIGNER_WINDOWS[args.designer_windows],
+         f'--batch_size={args.batch_size}', f'--output_dir={out}', '--noprogress'] + extra
   started = time.perf_counter()
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   with open(os.path.join(args.out, f'{name}.log'), 'w') as f:
@@ -82,25 +90,33 @@ def method_seconds(stdout):
   return found
 
 
-def summarise(table_path):
-  """Per method: the designer's and the judge's gains and the share the judge keeps."""
+def summarise(table_path, judge_test):
+  """Per method: the designer's and the judge's gains, the share the judge keeps, and
+  where the judged designs fall among the judge's predictions `judge_test` (sorted) of
+  the test sequences."""
   with open(table_path) as f:
     rows = list(csv.DictReader(f, delimiter='\t'))
+  p99, p1 = np.percentile(judge_test, 99), np.percentile(judge_test, 1)
   out = {}
-  for method in METHODS:
+  for method in dict.fromkeys(r['method'] for r in rows):
     mine = [r for r in rows if r['method'] == method]
-    if not mine:
-      continue
-    column = lambda name: np.array([float(r[name]) for r in mine])
+
+    def column(name):
+      return np.array([float(r[name]) for r in mine])
     designer_gain = column('mean') - column('start_mean')
     judge_gain = column('judge_mean') - column('judge_start_mean')
+    judged = column('judge_mean')
     out[method] = dict(
         designer_gain=float(designer_gain.mean()), judge_gain=float(judge_gain.mean()),
         share_kept=float(judge_gain.mean() / designer_gain.mean()),
         designer_mean=float(column('mean').mean()),
-        judge_mean=float(column('judge_mean').mean()),
+        judge_mean=float(judged.mean()),
         judge_start_mean=float(column('judge_start_mean').mean()),
-        edits=float(column('edits').mean()))
+        edits=float(column('edits').mean()),
+        judge_median_percentile=float(np.median(
+            100 * np.searchsorted(judge_test, judged) / judge_test.size)),
+        share_above_p99=float(np.mean(judged > p99)),
+        share_below_p1=float(np.mean(judged < p1)))
   return out
 
 
@@ -117,25 +133,34 @@ def main():
                       help='methods of the runs at 5, 10 and 20 edits')
   parser.add_argument('--penalty_methods', default='greedy',
                       help='methods of the k=1 and minimising runs')
+  parser.add_argument('--designer_windows', default='one', choices=sorted(DESIGNER_WINDOWS),
+                      help="the designer's windows a member: one (shift 0, one strand), "
+                      "strands (both strands), recorded (its checkpoint's)")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   judge_test = os.path.join(args.judge.split(',')[0], 'test.tsv')
-  values = np.array([float(line.split('\t')[1]) for line in open(judge_test)])
+  values = np.sort([float(line.split('\t')[1]) for line in open(judge_test)])
   p99, p1 = np.percentile(values, 99), np.percentile(values, 1)
   print(f"judge's predictions of the 71,103 test sequences: 99th percentile {p99:.3f}, "
         f'1st {p1:.3f}', flush=True)
   # Runs of earlier invocations into the same --out are kept (e.g. --only max_20).
   saved = os.path.join(args.out, 'results.json')
   results = json.load(open(saved))['runs'] if os.path.exists(saved) else {}
+  suffix = '' if args.designer_windows == 'one' else f'_{args.designer_windows}'
   for name, methods, extra in runs_to_make(args):
     if args.only and name not in args.only.split(','):
       continue
-    out, stdout, seconds = run_design(args, name, methods, extra)
-    found = summarise(os.path.join(out, 'designs.tsv'))
+    name += suffix
+    # A run already made keeps its tables: more methods for it go into a directory of
+    # their own (max_20_evolve_gradient) and join its entry in results.json.
+    directory = name if name not in results else f'{name}_{"_".join(methods)}'
+    out, stdout, seconds = run_design(args, directory, methods, extra)
+    found = summarise(os.path.join(out, 'designs.tsv'), values)
     timing = method_seconds(stdout)
     for method, figures in found.items():
       figures['seconds'], figures['evaluations_per_s'] = timing.get(method, (None, None))
-    results[name] = found
+    # A rerun with other --methods adds to the run's methods, it does not drop them.
+    results[name] = {**results.get(name, {}), **found}
     print(f'{name} ({seconds:.0f} s):\n' + json.dumps(found, indent=1), flush=True)
     # Written after every run: the whole set takes the better part of an hour.
     with open(saved, 'w') as f:

@@ -80,6 +80,27 @@ class Scored:
   spread: np.ndarray
   score: np.ndarray
 
+  def take(self, index) -> 'Scored':
+    """The candidates at `index` (an index array or a mask)."""
+    return Scored(self.codes[index], self.members[:, index], self.mean[index],
+                  self.spread[index], self.score[index])
+
+  @staticmethod
+  def concat(parts: Sequence['Scored']) -> 'Scored':
+    return Scored(np.concatenate([p.codes for p in parts]),
+                  np.concatenate([p.members for p in parts], axis=1),
+                  *(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ('mean', 'spread', 'score')))
+
+  def replace_where_better(self, rows: np.ndarray, other: 'Scored') -> None:
+    """In place: row rows[i] becomes other's candidate i where that scores higher
+    (a strictly better score; ties keep the present one)."""
+    better = other.score > self.score[rows]
+    into, taken = rows[better], np.flatnonzero(better)
+    self.codes[into], self.members[:, into] = other.codes[taken], other.members[:, taken]
+    for field in ('mean', 'spread', 'score'):
+      getattr(self, field)[into] = getattr(other, field)[taken]
+
 
 class Designer:
   """Scores candidates (`evaluate`) and keeps the count and each design's trace."""
@@ -139,18 +160,6 @@ def single_substitutions(codes: np.ndarray, mutable: np.ndarray
   return owner, mutants
 
 
-def _take(scored: Scored, index) -> Scored:
-  return Scored(scored.codes[index], scored.members[:, index], scored.mean[index],
-                scored.spread[index], scored.score[index])
-
-
-def _concat(parts: Sequence[Scored]) -> Scored:
-  return Scored(np.concatenate([p.codes for p in parts]),
-                np.concatenate([p.members for p in parts], axis=1),
-                *(np.concatenate([getattr(p, f) for p in parts])
-                  for f in ('mean', 'spread', 'score')))
-
-
 def beam(designer: Designer, starts: np.ndarray, *, width: int = 1,
          budget: int = 2400, progress: Optional[Callable[[int], None]] = None
          ) -> Result:
@@ -191,7 +200,7 @@ def beam(designer: Designer, starts: np.ndarray, *, width: int = 1,
     if progress:
       progress(len(owners))
     offset = len(current.score)
-    current = _concat([current, scored])
+    current = Scored.concat([current, scored])
     for d in np.unique(owners):
       mine = offset + np.flatnonzero(owners == d)
       spent[d] += len(mine)
@@ -203,8 +212,8 @@ def beam(designer: Designer, starts: np.ndarray, *, width: int = 1,
         if current.score[order[0]] > current.score[best[d]]:
           best[d] = int(order[0])
       traces[d].append((int(spent[d]), float(current.score[best[d]])))
-  return Result(starts, _take(current, np.array(best)), traces,
-                'greedy' if width == 1 else f'beam{width}', _take(current, np.arange(n)))
+  return Result(starts, current.take(np.array(best)), traces,
+                'greedy' if width == 1 else f'beam{width}', current.take(np.arange(n)))
 
 
 def _mutate(codes: np.ndarray, mutable: np.ndarray, rate: float,
@@ -263,7 +272,7 @@ def evolve(designer: Designer, starts: np.ndarray, *, population: int = 48,
   constraints = designer.constraints
   rate = rate if rate is not None else 1.5 / constraints.mutable.sum()
   initial = designer.evaluate(starts)
-  pools = [_take(initial, np.array([d])) for d in range(len(starts))]
+  pools = [initial.take(np.array([d])) for d in range(len(starts))]
   traces = [[(0, float(p.score[0]))] for p in pools]
   spent = np.zeros(len(starts), int)
   while True:
@@ -281,13 +290,13 @@ def evolve(designer: Designer, starts: np.ndarray, *, population: int = 48,
     if progress:
       progress(owners.size)
     for d in np.unique(owners):
-      merged = _concat([pools[d], _take(scored, np.flatnonzero(owners == d))])
+      merged = Scored.concat([pools[d], scored.take(np.flatnonzero(owners == d))])
       _, first = np.unique(merged.codes, axis=0, return_index=True)
       keep = first[np.argsort(-merged.score[first], kind='stable')][:population]
-      pools[d] = _take(merged, keep)
+      pools[d] = merged.take(keep)
       spent[d] += int(np.sum(owners == d))
       traces[d].append((int(spent[d]), float(pools[d].score[0])))
-  best = _concat([_take(p, np.array([0])) for p in pools])
+  best = Scored.concat([p.take(np.array([0])) for p in pools])
   return Result(starts, best, traces, 'evolve', initial)
 
 
@@ -340,8 +349,8 @@ def implant(designer: Designer, starts: np.ndarray, motif: np.ndarray,
     traces.append([(0, float(scored.score[mine[0]])),
                    (len(mine) - 1, float(scored.score[top]))])
   firsts = np.array([np.flatnonzero(owners == d)[0] for d in range(len(starts))])
-  return Result(starts, _take(scored, np.array(best)), traces, 'implant',
-                _take(scored, firsts))
+  return Result(starts, scored.take(np.array(best)), traces, 'implant',
+                scored.take(firsts))
 
 
 def read_pwm(path: str) -> np.ndarray:

@@ -112,7 +112,7 @@ def gradient(designer: Designer, starts: np.ndarray, *, budget: int = 2400,
   opt_state = optimizer.init(theta)
   key = jax.random.PRNGKey(seed)
   initial = designer.evaluate(starts)
-  best = design_lib._take(initial, np.arange(len(starts)))  # pylint: disable=protected-access
+  best = initial.take(np.arange(len(starts)))
   traces = [[(0, float(s))] for s in best.score]
   # The steps' projected sequences are scored together, a batch of the predictor's size
   # at a time: one step's few sequences alone would be padded to that size anyway
@@ -140,11 +140,7 @@ def _keep_better(designer: Designer, pending, best, traces) -> None:
   first = 0
   for spent, codes, ok in pending:
     rows = np.flatnonzero(ok)
-    mine = design_lib._take(scored, np.arange(first, first + rows.size))  # pylint: disable=protected-access
+    best.replace_where_better(rows, scored.take(np.arange(first, first + rows.size)))
     first += rows.size
-    better = mine.score > best.score[rows]
-    for d, r in zip(rows[better], np.flatnonzero(better)):
-      best.codes[d], best.members[:, d] = mine.codes[r], mine.members[:, r]
-      best.mean[d], best.spread[d], best.score[d] = mine.mean[r], mine.spread[r], mine.score[r]
     for d, trace in enumerate(traces):
       trace.append((spent, float(best.score[d])))

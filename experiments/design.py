@@ -209,11 +209,11 @@ def run():
           f'{np.mean(designer.evaluate(starts).score):.4f} -> '
           f'{np.mean(found.designs.score):.4f} (mean over designs)')
     if judge is not None:
-      judged[method] = design_report.Judged(
+      judged[found.method] = design_report.Judged(
           objective.member_values(judge.predict_codes(found.designs.codes).members),
           objective.member_values(judge.predict_codes(starts).members))
     if FLAGS.robustness:
-      robust[method] = {name: robustness.robustness(
+      robust[found.method] = {name: robustness.robustness(
           designer_models, codes, constraints.mutable, output=objective.output).robust
           for name, codes in (('design', found.designs.codes), ('start', starts))}
   written = design_report.write(FLAGS.output_dir, results, constraints,

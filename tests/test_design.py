@@ -13,6 +13,7 @@ robustness).
   model.
 """
 
+import os
 import re
 
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ from enformer_small import model as model_lib
 from enformer_small import robustness
 from enformer_small import window_average
 
+import in_process
 import jax
 
 S = 30
@@ -116,6 +118,19 @@ def test_iupac_implants_keep_the_start_where_the_motif_allows_it():
   assert 'CTGAAAAAAA' not in texts
   assert 'AAAAAAACAG' in texts          # the reverse complement CNG again
   assert len(texts) == 8                # 8 offsets; both strands give the same string
+
+
+def test_a_candidate_replaces_a_design_only_when_it_scores_strictly_higher():
+  def scored(codes, scores):
+    scores = np.array(scores, np.float64)
+    return design.Scored(np.array(codes, np.uint8), np.stack([scores, scores + 1]),
+                         scores, np.zeros_like(scores), scores)
+  best = scored([[0, 0], [1, 1], [2, 2]], [5.0, 5.0, 5.0])
+  # Candidates for rows 2 and 0: higher for row 2, equal for row 0 (a tie keeps it).
+  best.replace_where_better(np.array([2, 0]), scored([[3, 3], [3, 0]], [6.0, 5.0]))
+  assert best.codes.tolist() == [[0, 0], [1, 1], [3, 3]]
+  assert best.score.tolist() == [5.0, 5.0, 6.0]
+  assert best.members[:, 2].tolist() == [6.0, 7.0]
 
 
 def test_the_gradient_objective_rises_on_a_linear_model():
@@ -227,3 +242,36 @@ def test_robustness_is_the_share_of_small_effects_by_hand():
              for b in range(4) if b != start[0, i]]
   np.testing.assert_allclose(found.effects[0], np.sort(effects), rtol=1e-5, atol=1e-6)
   assert found.robust[0] == pytest.approx(np.mean(np.abs(effects) < 0.5))
+
+
+# ---------------------------------------------------------------------------
+# The command, in this process.
+
+
+def test_the_command_judges_the_designs_of_every_method_and_keeps_the_flags_rules(
+    tiny_run, tmp_path):
+  """Judged by the designer's own checkpoint, the judge's columns equal the designer's;
+  a beam run is judged as greedy is (its method is written 'beam2')."""
+  from experiments import design as command
+  ckpt = os.path.join(tiny_run[0].run_dir, 'checkpoint_best.npz')
+  out = tmp_path / 'designs'
+  results = in_process.run(
+      command, f'--checkpoint={ckpt}', f'--judge={ckpt}', '--random_starts=3',
+      '--seed=1', '--methods=greedy,beam', '--beam_width=2', '--max_edits=2',
+      '--budget=480', '--forbidden=GAATTC', f'--output_dir={out}', '--noprogress')
+  header, *rows = [line.split('\t') for line in
+                   (out / 'designs.tsv').read_text().splitlines()]
+  column = lambda name: [row[header.index(name)] for row in rows]
+  assert column('method') == ['greedy'] * 3 + ['beam2'] * 3
+  assert column('judge_mean') == column('mean')
+  assert column('judge_start_mean') == column('start_mean')
+  judge = ensemble.load(ckpt)
+  for result in results:
+    expected = judge.predict_codes(result.designs.codes).members[..., 0].mean(axis=0)
+    np.testing.assert_allclose(result.designs.mean, expected, rtol=1e-6)
+  for start, sequence, edits in zip(column('start_sequence'), column('sequence'),
+                                    column('edits')):
+    assert sum(a != b for a, b in zip(start, sequence)) == int(edits) <= 2
+    assert 'GAATTC' not in sequence
+  assert (out / 'designs.fa').read_text().count('>') == 6
+  assert (out / 'objective_greedy.png').exists() and (out / 'objective_beam2.png').exists()
