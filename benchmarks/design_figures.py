@@ -120,7 +120,7 @@ def summarise(table_path, judge_test):
   return out
 
 
-def main():
+def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--designer', required=True)
   parser.add_argument('--judge', required=True)
@@ -136,16 +136,15 @@ def main():
   parser.add_argument('--designer_windows', default='one', choices=sorted(DESIGNER_WINDOWS),
                       help="the designer's windows a member: one (shift 0, one strand), "
                       "strands (both strands), recorded (its checkpoint's)")
-  args = parser.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  judge_test = os.path.join(args.judge.split(',')[0], 'test.tsv')
-  values = np.sort([float(line.split('\t')[1]) for line in open(judge_test)])
+  parser.add_argument('--report', action='store_true',
+                      help='run nothing: the runs of --out/results.json as a Markdown '
+                      'table, summarised again from their designs.tsv')
+  return parser.parse_args()
+
+
+def make_runs(args, values, results, saved):
+  """Runs the selected designs, adding each to `results` and writing them to `saved`."""
   p99, p1 = np.percentile(values, 99), np.percentile(values, 1)
-  print(f"judge's predictions of the 71,103 test sequences: 99th percentile {p99:.3f}, "
-        f'1st {p1:.3f}', flush=True)
-  # Runs of earlier invocations into the same --out are kept (e.g. --only max_20).
-  saved = os.path.join(args.out, 'results.json')
-  results = json.load(open(saved))['runs'] if os.path.exists(saved) else {}
   suffix = '' if args.designer_windows == 'one' else f'_{args.designer_windows}'
   for name, methods, extra in runs_to_make(args):
     if args.only and name not in args.only.split(','):
@@ -159,12 +158,49 @@ def main():
     timing = method_seconds(stdout)
     for method, figures in found.items():
       figures['seconds'], figures['evaluations_per_s'] = timing.get(method, (None, None))
-    # A rerun with other --methods adds to the run's methods, it does not drop them.
+      figures['directory'] = directory
     results[name] = {**results.get(name, {}), **found}
     print(f'{name} ({seconds:.0f} s):\n' + json.dumps(found, indent=1), flush=True)
     # Written after every run: the whole set takes the better part of an hour.
     with open(saved, 'w') as f:
       json.dump(dict(p99=p99, p1=p1, runs=results), f, indent=1)
+
+
+def report(args, values, results) -> str:
+  """A Markdown row per run and method; the shares beyond the percentile are above the
+  99th for maximising runs, below the 1st for minimising ones."""
+  lines = ["| run | method | designer's gain | judge's gain | judge keeps | judge's mean | "
+           "judge's median percentile | beyond the percentile | mean edits | seconds | "
+           "evaluations/s |", '|---|---|' + '---:|' * 9]
+  for name, methods in results.items():
+    for method, saved in methods.items():
+      table = os.path.join(args.out, saved.get('directory', name), 'designs.tsv')
+      f = summarise(table, values)[method]
+      beyond = f['share_below_p1'] if name.startswith('min') else f['share_above_p99']
+      timing = (f"{saved['seconds']:.1f} | {saved['evaluations_per_s']:,.0f}"
+                if saved.get('seconds') else '|')
+      lines.append(
+          f"| {name} | {method} | {f['designer_gain']:.3f} | {f['judge_gain']:.3f} | "
+          f"{100 * f['share_kept']:.1f}% | {f['judge_mean']:.3f} | "
+          f"{f['judge_median_percentile']:.2f} | {100 * beyond:.0f}% | {f['edits']:.2f} | "
+          f'{timing} |')
+  return '\n'.join(lines)
+
+
+def main():
+  args = parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  judge_test = os.path.join(args.judge.split(',')[0], 'test.tsv')
+  values = np.sort([float(line.split('\t')[1]) for line in open(judge_test)])
+  print(f"judge's predictions of the 71,103 test sequences: 99th percentile "
+        f'{np.percentile(values, 99):.3f}, 1st {np.percentile(values, 1):.3f}', flush=True)
+  # Runs of earlier invocations into the same --out are kept (e.g. --only max_20).
+  saved = os.path.join(args.out, 'results.json')
+  results = json.load(open(saved))['runs'] if os.path.exists(saved) else {}
+  if args.report:
+    print(report(args, values, results))
+  else:
+    make_runs(args, values, results, saved)
 
 
 if __name__ == '__main__':
