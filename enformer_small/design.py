@@ -132,7 +132,7 @@ class Result:
   designs: Scored
   traces: List[List[Tuple[int, float]]]
   method: str
-  initial: Optional[Scored] = None
+  initial: Scored
 
 
 def _check_starts(designer: Designer, starts: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from enformer_small import dream_data
 from enformer_small import model as model_lib
 from enformer_small import plasmid
 from enformer_small import tables
+from enformer_small import train_config as train_config_lib
 from enformer_small import training
 from enformer_small import window_average
 from enformer_small.config import EnformerConfig
@@ -359,8 +360,9 @@ def _averaged_apply(apply: Callable, windows: window_average.Windows, context: i
 
 def trained_fast_cpu(ckpt: checkpoint_lib.Checkpoint) -> bool:
   """Whether the checkpoint's training ran the model arranged for XLA:CPU (its
-  --fast_cpu; False for checkpoints that predate the setting)."""
-  return bool((ckpt.extra.get('train_config') or {}).get('fast_cpu', False))
+  --fast_cpu; what runs that predate the setting ran, `train_config.PREDATED`)."""
+  saved = ckpt.extra.get('train_config') or {}
+  return bool(saved.get('fast_cpu', train_config_lib.PREDATED['fast_cpu']))
 
 
 def from_checkpoint(ckpt: checkpoint_lib.Checkpoint,

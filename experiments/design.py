@@ -197,6 +197,14 @@ def run():
         f'{constraints.mutable.sum()} mutable positions'
         + (f'; judge: {ensemble.describe(judge)}' if judge else ''))
   bars = _runtime.progress_bars(FLAGS.progress, 'eval')
+
+  def robust_of(codes):
+    return robustness.robustness(designer_models, codes, constraints.mutable,
+                                 output=objective.output).robust
+  # The starts are judged (and their robustness computed) once, for every method.
+  judged_starts = (objective.member_values(judge.predict_codes(starts).members)
+                   if judge is not None else None)
+  robust_starts = robust_of(starts) if FLAGS.robustness else None
   results, judged, robust = [], {}, {}
   for method in FLAGS.methods:
     designer = design.Designer(designer_models, objective, constraints)
@@ -206,16 +214,15 @@ def run():
     results.append(found)
     print(f'{method}: {len(starts):,} designs in {seconds:.1f} s '
           f'({designer.evaluations / seconds:,.0f} evaluations/s); objective '
-          f'{np.mean(designer.evaluate(starts).score):.4f} -> '
+          f'{np.mean(found.initial.score):.4f} -> '
           f'{np.mean(found.designs.score):.4f} (mean over designs)')
     if judge is not None:
       judged[found.method] = design_report.Judged(
           objective.member_values(judge.predict_codes(found.designs.codes).members),
-          objective.member_values(judge.predict_codes(starts).members))
+          judged_starts)
     if FLAGS.robustness:
-      robust[found.method] = {name: robustness.robustness(
-          designer_models, codes, constraints.mutable, output=objective.output).robust
-          for name, codes in (('design', found.designs.codes), ('start', starts))}
+      robust[found.method] = {'design': robust_of(found.designs.codes),
+                              'start': robust_starts}
   written = design_report.write(FLAGS.output_dir, results, constraints,
                                 judged or None, robust or None)
   print('wrote ' + ', '.join(os.path.basename(p) for p in written) + f' in '

@@ -258,7 +258,8 @@ def test_the_command_judges_the_designs_of_every_method_and_keeps_the_flags_rule
   results = in_process.run(
       command, f'--checkpoint={ckpt}', f'--judge={ckpt}', '--random_starts=3',
       '--seed=1', '--methods=greedy,beam', '--beam_width=2', '--max_edits=2',
-      '--budget=480', '--forbidden=GAATTC', f'--output_dir={out}', '--noprogress')
+      '--budget=480', '--forbidden=GAATTC', '--robustness', f'--output_dir={out}',
+      '--noprogress')
   header, *rows = [line.split('\t') for line in
                    (out / 'designs.tsv').read_text().splitlines()]
   column = lambda name: [row[header.index(name)] for row in rows]
@@ -269,6 +270,13 @@ def test_the_command_judges_the_designs_of_every_method_and_keeps_the_flags_rule
   for result in results:
     expected = judge.predict_codes(result.designs.codes).members[..., 0].mean(axis=0)
     np.testing.assert_allclose(result.designs.mean, expected, rtol=1e-6)
+    # The designer's own robustness: the judge is the same checkpoint here.
+    robust = robustness.robustness(judge, result.designs.codes,
+                                   rules.dream_mutable(result.designs.codes.shape[1])).robust
+    mine = [row for row in rows if row[0] == result.method]
+    assert [row[header.index('robustness')] for row in mine] == [f'{r:.4f}' for r in robust]
+  starts = column('robustness_start')
+  assert starts[:3] == starts[3:]  # The same starts for both methods.
   for start, sequence, edits in zip(column('start_sequence'), column('sequence'),
                                     column('edits')):
     assert sum(a != b for a, b in zip(start, sequence)) == int(edits) <= 2
