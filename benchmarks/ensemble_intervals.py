@@ -44,7 +44,9 @@ def score_lines(scorer, members):
   ens = scorer.score(ensemble.Predictions(members.astype(np.float32)).mean[:, 0])
   header = '| model | ' + ' | '.join(f'{split} {s}' for split in SPLITS for s in SCORES) + ' |'
   lines = [header, '|---' * (1 + len(SPLITS) * len(SCORES)) + '|']
-  cell = lambda r: ' | '.join(f'{r[split][s]:.4f}' for split in SPLITS for s in SCORES)
+
+  def cell(r):
+    return ' | '.join(f'{r[split][s]:.4f}' for split in SPLITS for s in SCORES)
   lines += [f'| member {k} | {cell(r)} |' for k, r in enumerate(found)]
   lines.append('| members, mean ± sd | ' + ' | '.join(
       official_scores.mean_sd_cells(found)) + ' |')

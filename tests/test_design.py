@@ -262,7 +262,9 @@ def test_the_command_judges_the_designs_of_every_method_and_keeps_the_flags_rule
       '--noprogress')
   header, *rows = [line.split('\t') for line in
                    (out / 'designs.tsv').read_text().splitlines()]
-  column = lambda name: [row[header.index(name)] for row in rows]
+
+  def column(name):
+    return [row[header.index(name)] for row in rows]
   assert column('method') == ['greedy'] * 3 + ['beam2'] * 3
   assert column('judge_mean') == column('mean')
   assert column('judge_start_mean') == column('start_mean')
