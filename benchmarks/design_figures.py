@@ -6,7 +6,8 @@
 Runs `experiments.design` as a user would, for 100 random 80 bp starts in the DREAM
 construct (one set, --seed), per method (greedy, evolve, gradient) at equal budgets of
 candidate evaluations per design (240 x the edits allowed: what greedy needs to make
-them one at a time), at most 5, 10 and 20 edits, maximising; then at 10 edits with the
+them one at a time; --per_edit for others, e.g. 720 for a beam of 3), at most 5, 10 and
+20 edits, maximising; then at 10 edits with the
 ensemble penalty (--spread_penalty=1) and minimising with and without it, with
 --penalty_methods (greedy). The designer searches with one window a member (--eval_shifts=0,
 no strand averaging: the cheap search) or, with --designer_windows, both strands
@@ -48,17 +49,18 @@ def runs_to_make(args):
   run, 20 edits, last)."""
   extra = tuple(args.penalty_methods.split(','))
   methods = tuple(args.methods.split(','))
+  per_edit = args.per_edit
 
   def at_most(edits):
     return (f'max_{edits}', methods, ['--objective=max', f'--max_edits={edits}',
-                                      f'--budget={PER_EDIT * edits}'])
+                                      f'--budget={per_edit * edits}'])
   return [at_most(10), at_most(5),
           ('max_10_k1', extra, ['--objective=max', '--max_edits=10',
-                                f'--budget={PER_EDIT * 10}', '--spread_penalty=1']),
+                                f'--budget={per_edit * 10}', '--spread_penalty=1']),
           ('min_10', extra, ['--objective=min', '--max_edits=10',
-                             f'--budget={PER_EDIT * 10}']),
+                             f'--budget={per_edit * 10}']),
           ('min_10_k1', extra, ['--objective=min', '--max_edits=10',
-                                f'--budget={PER_EDIT * 10}', '--spread_penalty=1']),
+                                f'--budget={per_edit * 10}', '--spread_penalty=1']),
           at_most(20)]
 
 
@@ -79,11 +81,12 @@ def run_design(args, name, methods, extra):
 
 
 def method_seconds(stdout):
-  """{method: (seconds, evaluations/s)} from the command's lines."""
+  """{method: (seconds, evaluations/s)} from the command's lines (named as in its
+  designs.tsv: beam3 for --methods=beam)."""
   found = {}
   for line in stdout.splitlines():
     head, _, rest = line.partition(': ')
-    if head in METHODS and ' designs in ' in rest:
+    if ' designs in ' in rest:
       seconds = float(rest.split(' designs in ')[1].split(' s ')[0])
       rate = float(rest.split('(')[1].split(' evaluations/s')[0].replace(',', ''))
       found[head] = (seconds, rate)
@@ -131,6 +134,9 @@ def parse_args():
   parser.add_argument('--only', default='', help='comma-separated run names')
   parser.add_argument('--methods', default=','.join(METHODS),
                       help='methods of the runs at 5, 10 and 20 edits')
+  parser.add_argument('--per_edit', type=int, default=PER_EDIT,
+                      help='evaluations a design per edit allowed (beam of width w '
+                      'needs w x 240 to make its edits)')
   parser.add_argument('--penalty_methods', default='greedy',
                       help='methods of the k=1 and minimising runs')
   parser.add_argument('--designer_windows', default='one', choices=sorted(DESIGNER_WINDOWS),

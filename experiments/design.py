@@ -212,7 +212,7 @@ def run():
     found = _run_method(method, designer, starts, bars)
     seconds = time.perf_counter() - started
     results.append(found)
-    print(f'{method}: {len(starts):,} designs in {seconds:.1f} s '
+    print(f'{found.method}: {len(starts):,} designs in {seconds:.1f} s '
           f'({designer.evaluations / seconds:,.0f} evaluations/s); objective '
           f'{np.mean(found.initial.score):.4f} -> '
           f'{np.mean(found.designs.score):.4f} (mean over designs)')

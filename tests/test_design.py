@@ -249,9 +249,9 @@ def test_robustness_is_the_share_of_small_effects_by_hand():
 
 
 def test_the_command_judges_the_designs_of_every_method_and_keeps_the_flags_rules(
-    tiny_run, tmp_path):
+    tiny_run, tmp_path, capsys):
   """Judged by the designer's own checkpoint, the judge's columns equal the designer's;
-  a beam run is judged as greedy is (its method is written 'beam2')."""
+  a beam run is judged as greedy is (its method is written and printed 'beam2')."""
   from experiments import design as command
   ckpt = os.path.join(tiny_run[0].run_dir, 'checkpoint_best.npz')
   out = tmp_path / 'designs'
@@ -266,6 +266,8 @@ def test_the_command_judges_the_designs_of_every_method_and_keeps_the_flags_rule
   def column(name):
     return [row[header.index(name)] for row in rows]
   assert column('method') == ['greedy'] * 3 + ['beam2'] * 3
+  printed = capsys.readouterr().out
+  assert 'greedy: 3 designs in ' in printed and 'beam2: 3 designs in ' in printed
   assert column('judge_mean') == column('mean')
   assert column('judge_start_mean') == column('start_mean')
   judge = ensemble.load(ckpt)
