@@ -85,7 +85,8 @@ def main(argv):
   finally:
     if not _KEEP.value and os.path.exists(path):
       os.remove(path)
-  median = lambda key: statistics.median(r[key] for r in runs)
+  def median(key):
+    return statistics.median(r[key] for r in runs)
   last = runs[-1]
   print(f'rows: {last["rows"]:,}  file: {last["bytes"]:,} bytes'
         f'{" (gzip)" if _GZIP.value else ""}')

@@ -7,12 +7,12 @@ Runs `experiments.design` as a user would, for 100 random 80 bp starts in the DR
 construct (one set, --seed), per method (greedy, evolve, gradient) at equal budgets of
 candidate evaluations per design (240 x the edits allowed: what greedy needs to make
 them one at a time; --per_edit for others, e.g. 720 for a beam of 3), at most 5, 10 and
-20 edits, maximising; then at 10 edits with the
-ensemble penalty (--spread_penalty=1) and minimising with and without it, with
---penalty_methods (greedy). The designer searches with one window a member (--eval_shifts=0,
-no strand averaging: the cheap search) or, with --designer_windows, both strands
-('strands', 2x the cost) or its checkpoint's recorded windows ('recorded', 10x); those runs
-are named with the suffix (min_10_strands). The judge predicts with its checkpoint's
+20 edits, maximising; then at 10 edits with the ensemble penalty (--spread_penalty=1)
+and minimising with and without it, with --penalty_methods (greedy). The designer
+searches with one window a member (--eval_shifts=0, no strand averaging: the cheap
+search) or, with --designer_windows, both strands ('strands', 2x the cost) or its
+checkpoint's recorded windows ('recorded', 10x); those runs are named with the suffix
+(min_10_strands). The judge predicts with its checkpoint's
 recorded windows (10 a sequence) and never designs.
 
 Prints, per run: the designer's predicted gain (mean over designs of design - start),
@@ -49,18 +49,17 @@ def runs_to_make(args):
   run, 20 edits, last)."""
   extra = tuple(args.penalty_methods.split(','))
   methods = tuple(args.methods.split(','))
-  per_edit = args.per_edit
 
   def at_most(edits):
     return (f'max_{edits}', methods, ['--objective=max', f'--max_edits={edits}',
-                                      f'--budget={per_edit * edits}'])
+                                      f'--budget={args.per_edit * edits}'])
   return [at_most(10), at_most(5),
           ('max_10_k1', extra, ['--objective=max', '--max_edits=10',
-                                f'--budget={per_edit * 10}', '--spread_penalty=1']),
+                                f'--budget={args.per_edit * 10}', '--spread_penalty=1']),
           ('min_10', extra, ['--objective=min', '--max_edits=10',
-                             f'--budget={per_edit * 10}']),
+                             f'--budget={args.per_edit * 10}']),
           ('min_10_k1', extra, ['--objective=min', '--max_edits=10',
-                                f'--budget={per_edit * 10}', '--spread_penalty=1']),
+                                f'--budget={args.per_edit * 10}', '--spread_penalty=1']),
           at_most(20)]
 
 
@@ -178,10 +177,13 @@ def report(args, values, results) -> str:
   lines = ["| run | method | designer's gain | judge's gain | judge keeps | judge's mean | "
            "judge's median percentile | beyond the percentile | mean edits | seconds | "
            "evaluations/s |", '|---|---|' + '---:|' * 9]
+  summaries = {}  # A table summarises all its methods at once.
   for name, methods in results.items():
     for method, saved in methods.items():
       table = os.path.join(args.out, saved.get('directory', name), 'designs.tsv')
-      f = summarise(table, values)[method]
+      if table not in summaries:
+        summaries[table] = summarise(table, values)
+      f = summaries[table][method]
       beyond = f['share_below_p1'] if name.startswith('min') else f['share_above_p99']
       timing = (f"{saved['seconds']:.1f} | {saved['evaluations_per_s']:,.0f}"
                 if saved.get('seconds') else '|')

@@ -78,7 +78,8 @@ def random_checkpoint(path, seed=3):
       return rng.uniform(0.5, 1.5, leaf.shape)
     return rng.normal(0, 0.3, leaf.shape)
 
-  cast = lambda f: lambda path, leaf: np.asarray(f(path, leaf), leaf.dtype)
+  def cast(f):
+    return lambda path, leaf: np.asarray(f(path, leaf), leaf.dtype)
   params = jax.tree_util.tree_map_with_path(cast(weight), params)
   state = jax.tree_util.tree_map_with_path(cast(average), state)
   checkpoint.save_checkpoint(path, params=params, state=state, model_config=config)

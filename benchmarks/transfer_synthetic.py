@@ -152,7 +152,8 @@ def report(args):
       runs[e['phase'], e['seed']] = e
   seeds = sorted({seed for _, seed in runs if ('finetune', seed) in runs
                   and ('scratch', seed) in runs})
-  mean = lambda d: statistics.mean(d.values())
+  def mean(d):
+    return statistics.mean(d.values())
   lines = ['| seed | noise ceiling | from scratch | fine-tuned | gap closed |',
            '| --- | --- | --- | --- | --- |']
   closed = []
@@ -161,11 +162,13 @@ def report(args):
     ceil = mean(ft['noise_ceiling'])
     share = (mean(ft['pearson']) - mean(sc['pearson'])) / (ceil - mean(sc['pearson']))
     closed.append(share)
-    per = lambda e: ', '.join(f'{t} {e["pearson"][t]:.3f}' for t in TARGETS)
+    def per(e):
+      return ', '.join(f'{t} {e["pearson"][t]:.3f}' for t in TARGETS)
     lines.append(f'| {seed} | {ceil:.3f} | {mean(sc["pearson"]):.3f} ({per(sc)}) | '
                  f'{mean(ft["pearson"]):.3f} ({per(ft)}) | {share:.0%} |')
   if seeds:
-    avg = lambda arm: statistics.mean(mean(runs[arm, s]['pearson']) for s in seeds)
+    def avg(arm):
+      return statistics.mean(mean(runs[arm, s]['pearson']) for s in seeds)
     ceil = statistics.mean(mean(runs['finetune', s]['noise_ceiling']) for s in seeds)
     lines.append(f'| mean | {ceil:.3f} | {avg("scratch"):.3f} | {avg("finetune"):.3f} | '
                  f'{(avg("finetune") - avg("scratch")) / (ceil - avg("scratch")):.0%} |')

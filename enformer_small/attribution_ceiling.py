@@ -74,7 +74,8 @@ def ladder_values(codes: np.ndarray, lengths: np.ndarray,
   # (the synergy and silencing products stay).
   unsaturated = synthetic.activity_from_features(model.site_gain * sums, gc,
                                                  dataclasses.replace(model, gc_weight=0.0))
-  expression = lambda a: synthetic.MAX_EXPRESSION / (1 + np.exp(-a))
+  def expression(a):
+    return synthetic.MAX_EXPRESSION / (1 + np.exp(-a))
   return {'expression': expression(act), 'expression_no_gc': expression(no_gc),
           'activity': act, 'activity_no_gc': no_gc,
           'activity_no_gc_unsaturated': unsaturated,
@@ -232,7 +233,8 @@ def decomposition_lines(data, labels, scored, truth, window) -> list:
   positive, negative = scored & (labels >= 0), scored & (labels < 0)
   broken = nonintact_mask(data, window.start, window.length)
   lines = ['quantity\tvalue']
-  add = lambda k, v: lines.append(f'{k}\t{v:.4f}' if isinstance(v, float) else f'{k}\t{v}')
+  def add(k, v):
+    lines.append(f'{k}\t{v:.4f}' if isinstance(v, float) else f'{k}\t{v}')
   add('motif positions', int(positive.sum()))
   add('other positions', int(negative.sum()))
   for where, mask in (('motif', positive), ('other', negative)):

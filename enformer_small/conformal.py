@@ -162,7 +162,8 @@ def shared_holdout(ensemble: Ensemble) -> Dict[str, Any]:
     raise CalibrationError(
         f'{missing[0]} records no held-out rows (a converted or hand-made checkpoint): '
         'give a calibration table of measured rows no member trained on')
-  key = lambda s: (s['content_hash'], s['num_rows'], s['num_holdout'], s['split_seed'])
+  def key(s):
+    return (s['content_hash'], s['num_rows'], s['num_holdout'], s['split_seed'])
   first_path, first = splits[0]
   for path, split in splits[1:]:
     if key(split) != key(first):

@@ -362,8 +362,9 @@ def read_pwm(path: str) -> np.ndarray:
       lines = [line.strip() for line in f]
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f'{path}: cannot read the motif: {e}') from None
-  numbers = lambda line: [float(v) for v in line.replace('[', ' ').replace(']', ' ')
-                          .split() if _is_number(v)]
+  def numbers(line):
+    return [float(v) for v in line.replace('[', ' ').replace(']', ' ').split()
+            if _is_number(v)]
   start = next((i for i, line in enumerate(lines)
                 if line.startswith('letter-probability matrix')), None)
   if start is not None:

@@ -76,7 +76,8 @@ def project(theta: np.ndarray, gains: np.ndarray, starts: np.ndarray,
   codes = np.where(mutable[None], best, starts).astype(np.uint8)
   if max_edits is None:
     return codes
-  at = lambda bases: np.take_along_axis(gains, np.minimum(bases, 3)[..., None], -1)[..., 0]
+  def at(bases):
+    return np.take_along_axis(gains, np.minimum(bases, 3)[..., None], -1)[..., 0]
   gain = at(codes) - at(starts)
   for d in range(codes.shape[0]):
     changed = np.flatnonzero(codes[d] != starts[d])

@@ -116,7 +116,8 @@ def checkpoint_extra(config: TrainConfig, data_id: Dict[str, Any],
 def epoch_line(record: Dict[str, Any], num_epochs: int, is_best: bool) -> str:
   """The one line logged per epoch."""
   tr, ho = record['train'], record['holdout']
-  loss = lambda m: f' loss {m["loss"]:.4f}' if 'loss' in m else ''
+  def loss(m):
+    return f' loss {m["loss"]:.4f}' if 'loss' in m else ''
   per_target = ''.join(f' {name} {m["pearson"]:.4f}'
                        for name, m in ho.get('per_target', {}).items())
   return (f'epoch {record["epoch"]}/{num_epochs}: train{loss(tr)} r '

@@ -34,7 +34,8 @@ def random_variables(config, seed):
       return rng.uniform(0.5, 1.5, leaf.shape)
     return rng.normal(0, 0.3, leaf.shape)
 
-  cast = lambda f: lambda path, leaf: np.asarray(f(path, leaf), leaf.dtype)
+  def cast(f):
+    return lambda path, leaf: np.asarray(f(path, leaf), leaf.dtype)
   return (jax.tree_util.tree_map_with_path(cast(param), params),
           jax.tree_util.tree_map_with_path(cast(moving_average), state))
 

@@ -98,7 +98,8 @@ def predictor_of(config, params, state, **kwargs):
 def brute_force_ism(config, params, state, x):
   """Each mutant predicted alone (batch of 1) by model.predict_fn."""
   predict = model_lib.predict_fn(config)
-  one = lambda seq: np.asarray(predict(params, state, seq[None]))[0]
+  def one(seq):
+    return np.asarray(predict(params, state, seq[None]))[0]
   out = np.zeros(x.shape + (1,), np.float32)
   for n in range(x.shape[0]):
     reference = one(x[n])
@@ -305,7 +306,8 @@ def test_planted_sites_of_a_row_range_match_the_whole_set():
   whole = synthetic.planted_sites(config)
   part = synthetic.planted_sites(config, 700, 2100)
   keep = (whole.row >= 700) & (whole.row < 2100)
-  order = lambda s, rows: np.lexsort((s.motif, rows))
+  def order(s, rows):
+    return np.lexsort((s.motif, rows))
   a, b = order(part, part.row), order(whole, whole.row)[keep[order(whole, whole.row)]]
   np.testing.assert_array_equal(part.row[a], whole.row[b] - 700)
   for field in ('motif', 'start', 'reverse', 'intact'):
@@ -346,8 +348,9 @@ def test_attribute_command_writes_arrays_summary_and_figures(tmp_path, capsys):
   fasta = tmp_path / 'in.fa'
   fasta.write_text(f'>first\n{sequences[0][:50]}\n{sequences[0][50:]}\n>second\n'
                    f'{sequences[1]}\n')
-  run = lambda *args: run_attribute(capsys, f'--checkpoint={ckpt_path}',
-                                    f'--batch_size={BATCH}', *args)
+  def run(*args):
+    return run_attribute(capsys, f'--checkpoint={ckpt_path}', f'--batch_size={BATCH}',
+                         *args)
   out = tmp_path / 'out'
   status, _, err = run(f'--input={fasta}', f'--output_dir={out}', '--num_figures=1',
                        '--methods=ism,gradient_x_input')

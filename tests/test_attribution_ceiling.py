@@ -101,7 +101,8 @@ def test_the_ceiling_belongs_to_the_labelling_not_the_aggregation():
   window = planted.Span(15, 85)
   labels, scored = planted.planted_labels(data, window)
   ladder = ceiling.ladder_ism(data, window.start, window.length)
-  score = lambda values: planted.recovery_aurocs(labels, scored, {'x': values})['x']['all']
+  def score(values):
+    return planted.recovery_aurocs(labels, scored, {'x': values})['x']['all']
   truth = {k: score(v) for k, v in ceiling.ism_aggregations(ladder['expression']).items()}
   assert truth['sum|e|'] == pytest.approx(0.7995, abs=5e-4)
   assert max(truth.values()) == truth['sum|e|']

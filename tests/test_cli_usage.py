@@ -112,7 +112,8 @@ def test_positional_arguments_are_those_absl_leaves_over():
   values = flags.FlagValues()
   flags.DEFINE_string('input', None, '', flag_values=values)
   flags.DEFINE_bool('resume', False, '', flag_values=values)
-  scan = lambda *args: _runtime.positional_arguments(args, values)
+  def scan(*args):
+    return _runtime.positional_arguments(args, values)
   assert scan('--input', 'a.txt', '--resume', 'demo.flags') == ['demo.flags']
   assert scan('--input=a.txt', 'b.txt', '--noresume', 'c') == ['b.txt', 'c']
   assert scan('--flagfile', 'demo.flags', '-input', '-') == []  # '-' is the value

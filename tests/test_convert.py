@@ -249,9 +249,10 @@ def random_params_and_state(config, seed=0):
   """Random values everywhere (the zero-initialised attention output would hide bugs)."""
   params, state = model.param_shapes(config)
   rng = np.random.default_rng(seed)
-  randomise = lambda x: (rng.integers(1, 100, x.shape).astype(x.dtype)
-                         if np.issubdtype(x.dtype, np.integer)
-                         else rng.normal(size=x.shape).astype(x.dtype))
+  def randomise(x):
+    return (rng.integers(1, 100, x.shape).astype(x.dtype)
+            if np.issubdtype(x.dtype, np.integer)
+            else rng.normal(size=x.shape).astype(x.dtype))
   return (jax.tree_util.tree_map(randomise, params),
           jax.tree_util.tree_map(randomise, state))
 

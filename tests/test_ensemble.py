@@ -137,7 +137,8 @@ def test_intervals_hold_their_coverage_on_exchangeable_rows():
     assert 0.88 <= covered <= 0.92, (method, covered)
   absolute = conformal.calibrate(_fake(m, s), y, method='absolute')
   normalised = conformal.calibrate(_fake(m, s), y, method='normalised')
-  width = lambda c: np.mean(np.diff(c.intervals(_fake(m2, s2), 0.9)[1:], axis=0))
+  def width(c):
+    return np.mean(np.diff(c.intervals(_fake(m2, s2), 0.9)[1:], axis=0))
   # Where the noise follows the spread, normalised intervals are narrower on average.
   assert width(normalised) < width(absolute)
 

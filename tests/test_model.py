@@ -152,7 +152,8 @@ def test_exponential_half_life_from_sequence_length():
   """seq_length 8: half-lives 2^linspace(3, log2 8 = 3) = 8, so exp(-ln2 |p| / 8)."""
   features = attention_module.positional_features_exponential(
       POSITIONS, 2, seq_length=8)
-  at = lambda p: features[0, p + 16]
+  def at(p):
+    return features[0, p + 16]
   np.testing.assert_allclose(at(0), [1.0, 1.0], rtol=1e-6)
   np.testing.assert_allclose(at(8), [0.5, 0.5], rtol=1e-6)
   np.testing.assert_allclose(at(-16), [0.25, 0.25], rtol=1e-6)

@@ -62,10 +62,11 @@ def test_attribute_command_line_writes_arrays_summary_and_figures(tmp_path):
   fasta.write_text(f'>first\n{sequences[0][:50]}\n{sequences[0][50:]}\n>second\n'
                    f'{sequences[1]}\n')
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL='3')
-  run = lambda *args: subprocess.run(
-      [sys.executable, '-m', 'experiments.attribute', f'--checkpoint={ckpt_path}',
-       '--noprogress', '--batch_size=64', *args], cwd=REPO_ROOT, env=env,
-      capture_output=True, text=True, timeout=600)
+  def run(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'experiments.attribute', f'--checkpoint={ckpt_path}',
+         '--noprogress', '--batch_size=64', *args], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=600)
   out = tmp_path / 'out'
   result = run(f'--input={fasta}', f'--output_dir={out}', '--num_figures=1',
                '--methods=ism,gradient_x_input')

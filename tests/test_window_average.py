@@ -27,7 +27,8 @@ BATCH = 64  # Rows per forward pass: as test_inference.py and test_trainer.py pr
 
 
 def test_passes_are_every_shift_on_each_strand_in_order():
-  windows = lambda **kwargs: window_average.Windows(START, LENGTH, **kwargs)
+  def windows(**kwargs):
+    return window_average.Windows(START, LENGTH, **kwargs)
   assert windows().passes == ((0, False),)
   assert windows(reverse_complement=True).passes == (
       (0, False), (0, True))
